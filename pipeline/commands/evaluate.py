@@ -1,0 +1,3 @@
+"""CLI commands (placeholder: filled in by the area that owns it)."""
+
+COMMANDS = []

@@ -1,0 +1,220 @@
+"""Parquet label manifests: one row per input sample, successes and failures alike.
+
+The same schema serves simulator/importer output ("input manifests") and refined
+output, so `manifest-diff` can compare any two of them. Per shard `<stem>.tar` there is
+`<stem>.parquet` and, written last as the shard's commit marker, `<stem>_stats.json`.
+A folder also gets `manifest.parquet` (all rows) and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from typing import Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.version import __version__
+
+OK = "ok"
+LABEL_PREFIX = "label."
+DATASET_MANIFEST = "manifest.parquet"
+SUMMARY = "summary.json"
+STATS_SUFFIX = "_stats.json"
+
+# Fixed columns, in order; label columns follow, sorted.
+COLUMNS = [
+    "key",
+    "shard",
+    "status",
+    "error",
+    "height",
+    "width",
+    "channels",
+    "bit_depth",
+    "input_sha256",
+    "output_sha256",
+    "refiner_hash",
+    "package_version",
+    "labels_json",
+]
+_TYPES = {
+    "key": pa.string(),
+    "shard": pa.string(),
+    "status": pa.string(),
+    "error": pa.string(),
+    "height": pa.int32(),
+    "width": pa.int32(),
+    "channels": pa.int32(),
+    "bit_depth": pa.int32(),
+    "input_sha256": pa.string(),
+    "output_sha256": pa.string(),
+    "refiner_hash": pa.string(),
+    "package_version": pa.string(),
+    "labels_json": pa.string(),
+}
+
+
+def sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def make_row(
+    key: str | None,
+    shard: str,
+    status: str = OK,
+    error: str = "",
+    geometry: tuple[int, int, int, int] | None = None,
+    labels: dict | None = None,
+    labels_json: str | None = None,
+    input_bytes: bytes | None = None,
+    output_bytes: bytes | None = None,
+    refiner_hash: str | None = None,
+) -> dict:
+    """A manifest row. `labels_json` is the label member as stored, when it was readable."""
+    height, width, channels, bits = geometry if geometry else (None, None, None, None)
+    row = {
+        "key": key,
+        "shard": shard,
+        "status": status,
+        "error": error,
+        "height": height,
+        "width": width,
+        "channels": channels,
+        "bit_depth": bits,
+        "input_sha256": sha256(input_bytes),
+        "output_sha256": sha256(output_bytes),
+        "refiner_hash": refiner_hash,
+        "package_version": __version__,
+        "labels_json": labels_json,
+    }
+    for name, value in (labels or {}).items():
+        row[LABEL_PREFIX + name] = value
+    return row
+
+
+def _label_array(values: list) -> pa.Array:
+    """Scalars keep their type; lists, objects and mixed types become JSON text."""
+    present = [v for v in values if v is not None]
+    kinds = {type(v) for v in present}
+    if kinds and kinds <= {bool}:
+        return pa.array(values, pa.bool_())
+    if kinds and kinds <= {int}:
+        return pa.array(values, pa.int64())
+    if kinds and kinds <= {int, float}:
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    if kinds and kinds <= {str}:
+        return pa.array(values, pa.string())
+    return pa.array(
+        [None if v is None else json.dumps(v, sort_keys=True, separators=(",", ":")) for v in values],
+        pa.string(),
+    )
+
+
+def rows_to_table(rows: Iterable[dict]) -> pa.Table:
+    rows = list(rows)
+    label_names = sorted({name for row in rows for name in row if name.startswith(LABEL_PREFIX)})
+    arrays = [pa.array([row.get(name) for row in rows], _TYPES[name]) for name in COLUMNS]
+    arrays += [_label_array([row.get(name) for row in rows]) for name in label_names]
+    return pa.Table.from_arrays(arrays, names=COLUMNS + label_names)
+
+
+def write_manifest(path: str, rows: Iterable[dict]) -> None:
+    """Write rows to Parquet atomically (temporary file, then rename)."""
+    tmp = path + ".tmp"
+    pq.write_table(rows_to_table(rows), tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def shard_stem(shard_path: str) -> str:
+    name = os.path.basename(shard_path)
+    return name[: -len(".tar")] if name.endswith(".tar") else name
+
+
+def stats_path(folder: str, shard: str) -> str:
+    return os.path.join(folder, shard_stem(shard) + STATS_SUFFIX)
+
+
+def manifest_path(folder: str, shard: str) -> str:
+    return os.path.join(folder, shard_stem(shard) + ".parquet")
+
+
+def status_counts(rows: Iterable[dict]) -> dict[str, int]:
+    return dict(sorted(Counter(row["status"] for row in rows).items()))
+
+
+def commit_shard(folder: str, shard: str, rows: list[dict], extra: dict | None = None) -> dict:
+    """Write a shard's manifest, then its stats file: the marker that the shard is done."""
+    write_manifest(manifest_path(folder, shard), rows)
+    stats = {
+        "shard": os.path.basename(shard),
+        "samples": len(rows),
+        "ok": sum(row["status"] == OK for row in rows),
+        "by_status": status_counts(rows),
+        "package_version": __version__,
+        **(extra or {}),
+    }
+    write_json(stats_path(folder, shard), stats)
+    return stats
+
+
+def is_committed(folder: str, shard: str) -> bool:
+    return os.path.exists(stats_path(folder, shard)) and os.path.exists(manifest_path(folder, shard))
+
+
+def shard_manifest_paths(folder: str) -> list[str]:
+    return sorted(
+        os.path.join(folder, name)
+        for name in os.listdir(folder)
+        if name.endswith(".parquet") and name != DATASET_MANIFEST
+    )
+
+
+def read_manifest(path: str) -> pd.DataFrame:
+    """A manifest file, or a folder's manifests (its dataset manifest when present)."""
+    if os.path.isdir(path):
+        dataset = os.path.join(path, DATASET_MANIFEST)
+        if os.path.exists(dataset):
+            return pq.read_table(dataset).to_pandas()
+        parts = [pq.read_table(p).to_pandas() for p in shard_manifest_paths(path)]
+        if not parts:
+            raise FileNotFoundError(f"no manifests (*.parquet) in {path}")
+        return pd.concat(parts, ignore_index=True)
+    return pq.read_table(path).to_pandas()
+
+
+def write_dataset_manifest(folder: str, extra_summary: dict | None = None) -> dict:
+    """Gather the shard manifests into `manifest.parquet` and write `summary.json`."""
+    tables = [pq.read_table(p) for p in shard_manifest_paths(folder)]
+    if tables:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    else:
+        table = rows_to_table([])
+    table = table.sort_by([("shard", "ascending"), ("key", "ascending")])
+    tmp = os.path.join(folder, DATASET_MANIFEST + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, os.path.join(folder, DATASET_MANIFEST))
+    statuses = table.column("status").to_pylist()
+    summary = {
+        "shards": len(tables),
+        "samples": len(statuses),
+        "ok": statuses.count(OK),
+        "failed": len(statuses) - statuses.count(OK),
+        "by_status": dict(sorted(Counter(statuses).items())),
+        "package_version": __version__,
+        **(extra_summary or {}),
+    }
+    write_json(os.path.join(folder, SUMMARY), summary)
+    return summary
