@@ -1,0 +1,144 @@
+"""Downstream estimators: shapes, determinism, and that they really learn."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.dataset import write_labelled_shard
+from pipeline.evaluation import downstream, images, metrics
+
+
+# ------------------------------------------------------------------ stand-in data
+# Small generated datasets that the evaluation tests share (imported by the other
+# evaluation test files). Digits: class c is a bright square at one of ten places, so a
+# classifier can learn it in a few dozen steps. "sharp" images are clean; "soft" ones are
+# blurred and noisy, the way the real side differs from the simulator here.
+
+
+def pattern_digit(label: int, rng: np.random.Generator, style: str = "sharp") -> np.ndarray:
+    image = np.zeros((28, 28), np.float32)
+    row, col = divmod(label, 5)
+    top, left = 4 + row * 12 + rng.integers(-1, 2), 2 + col * 5 + rng.integers(0, 2)
+    image[top : top + 6, left : left + 4] = 1.0
+    if style == "soft":
+        image = (image + np.roll(image, 1, 0) + np.roll(image, 1, 1)) / 3
+        image = image * rng.uniform(0.6, 0.9) + rng.normal(0, 0.08, image.shape)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def write_digits(folder, count, seed, style="sharp", labelled=True, prefix="d", per_shard=None):
+    rng = np.random.default_rng(seed)
+    per_shard = per_shard or count
+    samples = []
+    for i in range(count):
+        label = int(rng.integers(0, 10))
+        labels = {"class": label} if labelled else {"source": "stand-in", "index": i}
+        samples.append((f"{prefix}{i:05d}", pattern_digit(label, rng, style), labels))
+    for index, start in enumerate(range(0, count, per_shard)):
+        write_labelled_shard(str(folder), f"{prefix}-{index:06d}.tar", samples[start : start + per_shard])
+    return str(folder)
+
+
+def gaze_vector(yaw_deg: float, pitch_deg: float) -> list[float]:
+    yaw, pitch = np.radians(yaw_deg), np.radians(pitch_deg)
+    return [float(np.cos(pitch) * np.sin(yaw)), float(np.sin(pitch)), float(-np.cos(pitch) * np.cos(yaw))]
+
+
+def write_eyes(folder, count, seed, style="sharp"):
+    """35x55 stand-in eyes: a dark pupil on a light sclera, displaced by yaw and pitch."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:35, 0:55]
+    samples = []
+    for i in range(count):
+        yaw, pitch = rng.uniform(-25, 25), rng.uniform(-20, 20)
+        cx, cy = 27 + yaw * 0.7, 17 - pitch * 0.5
+        image = np.full((35, 55), 0.8, np.float32)
+        image[(xx - cx) ** 2 + (yy - cy) ** 2 < 20] = 0.15
+        if style == "soft":
+            image = image * rng.uniform(0.7, 1.0) + rng.normal(0, 0.05, image.shape)
+        labels = {"gaze": gaze_vector(yaw, pitch), "yaw": float(yaw), "pitch": float(pitch)}
+        samples.append((f"e{i:05d}", (np.clip(image, 0, 1) * 255).astype(np.uint8), labels))
+    write_labelled_shard(str(folder), "e-000000.tar", samples)
+    return str(folder)
+
+
+# ------------------------------------------------------------------ tests
+
+QUICK = downstream.TrainSettings(steps=60, batch_size=32, gaze_model="small")
+
+
+def test_paper_gaze_network_has_the_papers_fc_9600():
+    model = downstream.GazeCNN(downstream.GAZE_SPECS["paper"])
+    assert model.fc.in_features == 9600
+    out = model(torch.rand(4, 1, 35, 55))
+    assert out.shape == (4, 3)
+    np.testing.assert_allclose(out.norm(dim=1).detach().numpy(), 1.0, atol=1e-5)
+
+
+def test_augment_keeps_shape_and_range_and_is_identity_when_off():
+    batch = torch.rand(8, 1, 28, 28)
+    same = downstream.augment(batch, torch.Generator().manual_seed(0), shift=0, jitter=0.0)
+    assert torch.equal(same, batch)
+    moved = downstream.augment(batch, torch.Generator().manual_seed(0), shift=2, jitter=0.2)
+    assert moved.shape == batch.shape
+    assert float(moved.min()) >= 0 and float(moved.max()) <= 1
+    assert not torch.equal(moved, batch)
+
+
+def test_same_seed_gives_identical_estimators_other_seed_does_not(tmp_path):
+    data = images.load_folder(write_digits(tmp_path / "d", 64, seed=1))
+    targets = images.class_labels(data)
+    settings = downstream.TrainSettings(steps=5, batch_size=16)
+    a = downstream.train_estimator("digits", data.images, targets, 3, settings)
+    b = downstream.train_estimator("digits", data.images, targets, 3, settings)
+    c = downstream.train_estimator("digits", data.images, targets, 4, settings)
+    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_digits_classifier_learns_and_generalises(tmp_path):
+    train = images.load_folder(write_digits(tmp_path / "train", 300, seed=1))
+    test = images.load_folder(write_digits(tmp_path / "test", 200, seed=2))
+    model = downstream.train_estimator("digits", train.images, images.class_labels(train), 0, QUICK)
+    acc = metrics.accuracy(downstream.predict(model, test.images), images.class_labels(test))
+    assert acc > 0.9
+
+
+def test_gaze_estimator_beats_predicting_the_mean(tmp_path):
+    train = images.load_folder(write_eyes(tmp_path / "train", 300, seed=1))
+    test = images.load_folder(write_eyes(tmp_path / "test", 150, seed=2))
+    settings = downstream.TrainSettings(steps=150, batch_size=32, shift=0, gaze_model="small")
+    model = downstream.train_estimator("gaze", train.images, images.gaze_labels(train), 0, settings)
+    truth = images.gaze_labels(test)
+    errors = metrics.angle_errors(downstream.predict(model, test.images), truth)
+    mean_vector = np.repeat(images.gaze_labels(train).mean(axis=0, keepdims=True), len(truth), axis=0)
+    baseline = metrics.angle_errors(mean_vector, truth)
+    assert errors.mean() < 0.6 * baseline.mean()
+
+
+def test_load_folder_records_unusable_samples_with_shard_and_key(tmp_path):
+    folder = write_digits(tmp_path / "d", 6, seed=0)
+    write_labelled_shard(
+        folder,
+        "d-000001.tar",
+        [
+            ("big", np.zeros((30, 30), np.uint8), {"class": 1}),
+            ("nolabel", np.zeros((28, 28), np.uint8), {"other": 1}),
+        ],
+    )
+    data = images.load_folder(folder, require="class")
+    assert len(data) == 6
+    found = {(p.shard, p.key, p.kind) for p in data.problems}
+    assert ("d-000001.tar", "big", "wrong_shape") in found
+    assert ("d-000001.tar", "nolabel", "invalid_labels") in found
+
+
+def test_load_folder_refuses_an_empty_or_missing_folder(tmp_path):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="no such folder"):
+        images.load_folder(str(tmp_path / "absent"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no .tar shards"):
+        images.load_folder(str(tmp_path / "empty"))
