@@ -1,9 +1,77 @@
-"""CLI commands (placeholder: filled in by the area that owns it)."""
+"""CLI: `simgan refine` (also the `refine-dataset` console script) and `simgan manifest-diff`."""
+
+from __future__ import annotations
+
+import json
+import sys
 
 import click
 
-COMMANDS = []
+from pipeline.errors import UserError
+
+
+def _as_click_error(function, *args, **kwargs):
+    # The `simgan` group shows UserError without a traceback; the standalone
+    # `refine-dataset` script needs the same, so the commands do it themselves.
+    try:
+        return function(*args, **kwargs)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("refine")
+@click.option("--in", "in_dir", required=True, type=click.Path(), help="Folder of input .tar shards.")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder for refined shards and manifests.")
+@click.option("--refiner", "refiner_path", required=True, type=click.Path(), help="Refiner file (.safetensors).")
+@click.option("--overwrite", is_flag=True, help="Start over: discard shards committed by an earlier run.")
+@click.option("--allow-failures", is_flag=True, help="Exit 0 even when some samples failed (they stay recorded).")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--address", default=None, help="Ray cluster address; default: a local Ray started for this run.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when the cluster has GPUs.")
+def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size, address, device):
+    """Refine every shard in --in with the refiner; one output shard and manifest per input shard.
+
+    Re-running resumes: shards already committed in --out are skipped. Exits non-zero
+    when any sample failed, unless --allow-failures.
+    """
+    from pipeline.refine.job import refine_dataset
+
+    _as_click_error(
+        refine_dataset,
+        in_dir,
+        out_dir,
+        refiner_path,
+        overwrite=overwrite,
+        allow_failures=allow_failures,
+        batch_size=batch_size,
+        address=address,
+        device=device,
+    )
+
+
+@click.command("manifest-diff")
+@click.argument("a", type=click.Path(exists=True))
+@click.argument("b", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--check-hashes", is_flag=True, help="Also report (and fail on) image hash changes.")
+def manifest_diff(a, b, as_json, check_hashes):
+    """Compare manifests A and B (files or folders holding them): keys, labels, statuses.
+
+    Exits 0 when no label drifted, 1 otherwise.
+    """
+    from pipeline.refine.diff import diff_manifests
+
+    try:
+        result = diff_manifests(a, b, check_hashes=check_hashes)
+    except (FileNotFoundError, KeyError, OSError) as exc:
+        raise click.ClickException(f"cannot read manifests: {exc}") from None
+    click.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else result.to_text())
+    sys.exit(0 if result.ok else 1)
+
+
+COMMANDS = [refine, manifest_diff]
 
 
 def refine_dataset_main():
-    raise click.ClickException("refine-dataset is not implemented yet")
+    """The `refine-dataset` console script: the same command as `simgan refine`."""
+    refine.main(prog_name="refine-dataset")

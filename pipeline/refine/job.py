@@ -1,0 +1,218 @@
+"""`refine-dataset`: stream input shards through refiner actors with Ray Data.
+
+Stages: read + decode (CPU tasks, one per shard) -> refine (an actor pool; each actor
+loads the refiner once) -> PNG encode (CPU tasks) -> the driver, which commits each
+output shard (tar, Parquet manifest, then the stats file that marks it done). Output
+tars are written here rather than with `Dataset.write_webdataset`, whose file names
+are random per run; one output shard per input shard, same name, makes reruns
+idempotent and manifests diffable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import TextIO
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline import manifest, shards
+from pipeline.errors import UserError
+from pipeline.refine.progress import Progress, summary_text
+from pipeline.refine.read import geometry_text, probe_geometry, read_shard
+from pipeline.refine.stage import RefineStage
+from pipeline.refine.write import ShardWriter, encode_batch
+from pipeline.refiner_file import check_fits, load_refiner
+
+# Read and encode tasks ask for half a CPU each, so on a 2-CPU node with one refiner
+# actor holding a CPU both can still run. Actors that hold every CPU starve the read
+# tasks and the pipeline hangs (seen with 2 actors on 2 CPUs).
+LIGHT_TASK_CPUS = 0.5
+
+
+class FailedSamples(UserError):
+    """Some samples could not be refined; all are recorded in the manifests."""
+
+    def __init__(self, summary: dict):
+        failed = {k: v for k, v in summary["by_status"].items() if k != manifest.OK}
+        super().__init__(
+            f"{summary['failed']} of {summary['samples']} samples failed "
+            f"({', '.join(f'{k}={v}' for k, v in failed.items())}); each is recorded with its key, "
+            f"shard and reason in {os.path.join(summary['out_dir'], manifest.DATASET_MANIFEST)}. "
+            "Pass --allow-failures to accept a partial result."
+        )
+        self.summary = summary
+
+
+def _read_batch(batch: dict[str, np.ndarray], geometry: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    (path,) = batch["path"]
+    return read_shard(str(path), geometry)
+
+
+def _stats(out_dir: str, shard: str) -> dict:
+    with open(manifest.stats_path(out_dir, shard)) as handle:
+        return json.load(handle)
+
+
+def _clear_outputs(out_dir: str, shard_names: list[str]) -> None:
+    """Remove what a previous run wrote for these shards (and nothing else)."""
+    paths = [os.path.join(out_dir, name) for name in (manifest.DATASET_MANIFEST, manifest.SUMMARY)]
+    for shard in shard_names:
+        # The stats marker goes first so an interrupted clean-up never leaves a shard
+        # that looks committed.
+        paths += [manifest.stats_path(out_dir, shard), manifest.manifest_path(out_dir, shard), os.path.join(out_dir, shard)]
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _committed_keys(out_dir: str, shard_names: list[str]) -> dict[str, str]:
+    """Keys refined in already-committed shards, so duplicates across a resume are caught."""
+    seen: dict[str, str] = {}
+    for shard in shard_names:
+        table = pq.read_table(manifest.manifest_path(out_dir, shard), columns=["key", "status"])
+        for key, status in zip(table.column("key").to_pylist(), table.column("status").to_pylist()):
+            if key and status == manifest.OK:
+                seen.setdefault(key, shard)
+    return seen
+
+
+def plan_resources(cluster: dict, device: str | None) -> dict:
+    """How many refiner actors, and what each holds, for a cluster's resources.
+
+    GPU when the cluster has one (or `device="cuda"`): one actor per GPU. CPU: one
+    single-CPU actor per CPU, minus a quarter of the CPUs (at least one) kept free for
+    reading and encoding.
+    """
+    cpus = int(cluster.get("CPU", 0))
+    gpus = int(cluster.get("GPU", 0))
+    if device not in (None, "cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and gpus == 0:
+        raise UserError("--device cuda asked for, but the Ray cluster has no GPU")
+    if cpus < 1:
+        raise UserError("the Ray cluster has no CPU for the read and write stages")
+    if gpus and device != "cpu":
+        return {"device": "cuda", "actors": gpus, "num_gpus": 1, "num_cpus": min(1, max(cpus - 1, 0.5) / gpus), "threads": None}
+    actors = max(1, cpus - max(1, cpus // 4))
+    # With one actor on a small node the light tasks leave most of a core idle; letting
+    # torch use every core there is what makes the pipeline keep up with a bare forward pass.
+    threads = cpus if actors == 1 else 1
+    return {"device": "cpu", "actors": actors, "num_gpus": 0, "num_cpus": 1, "threads": threads}
+
+
+def refine_dataset(
+    in_dir: str,
+    out_dir: str,
+    refiner_path: str,
+    overwrite: bool = False,
+    allow_failures: bool = False,
+    batch_size: int = 256,
+    address: str | None = None,
+    device: str | None = None,
+    stream: TextIO | None = None,
+) -> dict:
+    """Refine every shard in `in_dir` into `out_dir`; returns the dataset summary.
+
+    Committed output shards are skipped (resume) unless `overwrite`. Raises UserError
+    before any work for a missing, foreign or unfitting refiner, and FailedSamples at
+    the end when samples failed and `allow_failures` is False.
+    """
+    start = time.perf_counter()
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    _, info = load_refiner(refiner_path)  # refuses missing, foreign or damaged files
+    try:
+        paths = shards.list_shards(in_dir)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    if not paths:
+        raise UserError(f"no .tar shards in {in_dir}")
+    if os.path.realpath(in_dir) == os.path.realpath(out_dir):
+        raise UserError("--out must be a different folder from --in (inputs are never overwritten)")
+    expected = (info.height, info.width, info.channels, info.bit_depth)
+    found = probe_geometry(paths)
+    if found is not None:
+        check_fits(info, *found)
+
+    os.makedirs(out_dir, exist_ok=True)
+    names = [os.path.basename(p) for p in paths]
+    if overwrite:
+        _clear_outputs(out_dir, names)
+    committed = [name for name in names if manifest.is_committed(out_dir, name)]
+    for name in committed:
+        previous = _stats(out_dir, name).get("refiner_hash")
+        if previous != info.content_hash:
+            raise UserError(
+                f"{out_dir} holds shard {name} refined with another refiner ({previous}); "
+                "pass --overwrite to start over or choose another --out"
+            )
+    todo = [p for p in paths if os.path.basename(p) not in set(committed)]
+    progress = Progress(len(paths), len(committed), stream)
+    writer = ShardWriter(out_dir, info.content_hash, _committed_keys(out_dir, committed), progress.update)
+    if todo:
+        _run_pipeline(todo, writer, refiner_path, expected, batch_size, address, device)
+
+    wall = time.perf_counter() - start
+    summary = manifest.write_dataset_manifest(
+        out_dir,
+        extra_summary={
+            "out_dir": out_dir,
+            "refiner_hash": info.content_hash,
+            "image_geometry": geometry_text(expected),
+            "shards_refined": progress.shards,
+            "shards_skipped": len(committed),
+            "images_refined": progress.ok,
+            "wall_time_s": round(wall, 3),
+            "images_per_s": round(progress.ok / wall, 2) if wall > 0 else 0.0,
+        },
+    )
+    print(summary_text(summary), file=progress.stream, flush=True)
+    if summary["failed"] and not allow_failures:
+        raise FailedSamples(summary)
+    return summary
+
+
+def _run_pipeline(todo, writer, refiner_path, geometry, batch_size, address, device) -> None:
+    import ray  # imported here so the stage and the diff work without starting Ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    context = ray.data.DataContext.get_current()
+    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+    try:
+        # In-order output makes "first occurrence of a key wins" and batch composition,
+        # hence every output byte, the same on every run.
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False
+        plan = plan_resources(ray.cluster_resources(), device)
+        ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(
+            _read_batch, fn_kwargs={"geometry": geometry}, batch_size=1, batch_format="numpy", num_cpus=LIGHT_TASK_CPUS
+        )
+        ds = ds.map_batches(
+            RefineStage,
+            fn_constructor_kwargs={
+                "refiner_path": os.path.abspath(refiner_path),
+                "device": plan["device"],
+                "batch_size": batch_size,
+                "threads": plan["threads"],
+            },
+            compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=plan["num_cpus"],
+            num_gpus=plan["num_gpus"],
+        )
+        ds = ds.map_batches(encode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=LIGHT_TASK_CPUS)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            writer.add_batch(batch)
+        if writer.unfinished():
+            raise RuntimeError(f"shards left incomplete by the pipeline: {writer.unfinished()}")
+    finally:
+        context.execution_options.preserve_order, context.enable_progress_bars = saved
+        if started:
+            ray.shutdown()

@@ -1,0 +1,114 @@
+"""The refinement stage: a plain callable class that refines batches of decoded images.
+
+It knows nothing of Ray: Ray Data builds one per actor (so the refiner is loaded once per
+actor), and anything else can call it directly. Images go in and come out as stored:
+N x H x W (grey) or N x H x W x C, uint8 or uint16; size, channels and bit depth are kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.devices import pick_device
+from pipeline.manifest import OK
+from pipeline.refiner_file import load_refiner
+
+# bf16 is only used when it keeps every output value within one 8-bit step of fp32.
+BF16_TOLERANCE = 1.0 / 255.0
+
+
+def _scale(dtype: np.dtype) -> float:
+    return 65535.0 if dtype == np.uint16 else 255.0
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """N x H x W [x C] integers to an N x C x H x W float32 tensor in [0, 1].
+
+    The batch form of `pipeline.shards.to_float`: one vectorised conversion per batch
+    instead of one per image.
+    """
+    array = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32)
+    return tensor.mul_(1.0 / _scale(images.dtype))
+
+
+def from_tensor(tensor: torch.Tensor, like: np.ndarray) -> np.ndarray:
+    """Inverse of `to_tensor`: back to the layout and integer type of `like`.
+
+    Rounds to nearest like `pipeline.shards.from_float`, so a refiner that is the
+    identity gives back the input bytes.
+    """
+    scale = _scale(like.dtype)
+    values = tensor.float().mul(scale).round_().clamp_(0, scale).cpu().numpy()
+    values = values[:, 0] if like.ndim == 3 else values.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(values).astype(like.dtype)
+
+
+class RefineStage:
+    """Refines batches with the refiner in `refiner_path`, loaded once at construction.
+
+    `batch_size` bounds the images per forward pass; a longer batch is split and the
+    last partial chunk is refined like the others, never dropped. `threads` sets torch's
+    intra-op threads on CPU (None leaves torch's default).
+    """
+
+    def __init__(self, refiner_path: str, device: str | None = None, batch_size: int = 256, threads: int | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.refiner_path = refiner_path
+        self.requested_device = device
+        self.batch_size = batch_size
+        self.threads = threads
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = pick_device(device)
+        self.refiner, self.info = load_refiner(refiner_path, self.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            self.refiner = self.refiner.to(memory_format=torch.channels_last)
+        # Decided on the first CUDA batch by comparing bf16 with fp32 on it.
+        self.use_bf16: bool | None = None if self.cuda else False
+
+    def __reduce__(self):
+        # Pickled by file path: the receiving process loads the refiner itself.
+        return (RefineStage, (self.refiner_path, self.requested_device, self.batch_size, self.threads))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Refine `batch["image"]` where `batch["status"]` is ok; other rows pass through."""
+        images = batch["image"]
+        ok = np.asarray(batch["status"]) == OK
+        if ok.all():
+            refined = self.refine_images(images)
+        else:
+            refined = images.copy()
+            if ok.any():
+                refined[ok] = self.refine_images(images[ok])
+        return {**batch, "image": refined}
+
+    def refine_images(self, images: np.ndarray) -> np.ndarray:
+        """Refine N x H x W [x C] uint8/uint16 images; same shape and dtype back."""
+        images = np.asarray(images)
+        if images.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"images must be uint8 or uint16, got {images.dtype}")
+        out = np.empty_like(images)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            out[start : start + len(chunk)] = from_tensor(self._forward(to_tensor(chunk)), chunk)
+        return out
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cuda:
+            return self.refiner(x)
+        x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        if self.use_bf16 is None:
+            exact = self.refiner(x)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                fast = self.refiner(x)
+            self.use_bf16 = bool((fast.float() - exact).abs().max() <= BF16_TOLERANCE)
+            return exact
+        if self.use_bf16:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return self.refiner(x).float()
+        return self.refiner(x)
