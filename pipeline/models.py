@@ -79,13 +79,23 @@ class Refiner(nn.Module):
 
 # A discriminator layer: ("conv", out_maps, kernel, stride, padding) or
 # ("pool", kernel, stride, padding). The last conv must output 2 maps.
+# Two optional stabilisers from "Improved Techniques for Training GANs" are part of the
+# architecture: minibatch discrimination before the last layer (minibatch_kernels > 0)
+# and virtual batch norm after every hidden conv.
 @dataclass(frozen=True)
 class DiscriminatorSpec:
     layers: tuple
     channels: int = 1
+    minibatch_kernels: int = 0
+    virtual_batch_norm: bool = False
 
     def to_dict(self) -> dict:
-        return {"layers": [list(layer) for layer in self.layers], "channels": self.channels}
+        return {
+            "layers": [list(layer) for layer in self.layers],
+            "channels": self.channels,
+            "minibatch_kernels": self.minibatch_kernels,
+            "virtual_batch_norm": self.virtual_batch_norm,
+        }
 
 
 DISCRIMINATOR_PRESETS = {
@@ -109,37 +119,122 @@ DISCRIMINATOR_PRESETS = {
 }
 
 
+class VirtualBatchNorm(nn.Module):
+    """Normalises with the per-channel statistics of a fixed reference batch.
+
+    Unlike batch norm, a sample's output does not depend on the other samples of its
+    minibatch. The reference batch is an input, not state: the caller keeps it.
+    """
+
+    def __init__(self, maps: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1, maps, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, maps, 1, 1))
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = reference.mean(dim=(0, 2, 3), keepdim=True)
+        var = reference.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        scale = self.weight / torch.sqrt(var + self.eps)
+        return (x - mean) * scale + self.bias, (reference - mean) * scale + self.bias
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Per patch location, how close each sample is to the others of its minibatch.
+
+    A learned 1x1 projection gives `kernels` vectors of size `dims` per location; the
+    extra feature map k of sample i is sum_j exp(-L1(M_ik - M_jk)) over the other
+    samples j. A refiner that collapses to one output makes these features large,
+    which D can see.
+    """
+
+    def __init__(self, maps: int, kernels: int, dims: int = 4):
+        super().__init__()
+        self.kernels, self.dims = kernels, dims
+        self.project = nn.Conv2d(maps, kernels * dims, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        m = self.project(x).view(n, self.kernels, self.dims, h, w)
+        distance = (m[:, None] - m[None, :]).abs().sum(dim=3)  # (n, n, kernels, h, w)
+        closeness = torch.exp(-distance).sum(dim=1) - 1.0  # drop each sample's own exp(0)
+        return torch.cat([x, closeness], dim=1)
+
+
+class _Conv(nn.Module):
+    """conv, optional virtual batch norm, LeakyReLU (omitted on the output layer)."""
+
+    def __init__(self, maps_in, maps_out, kernel, stride, padding, vbn: bool, activation: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(maps_in, maps_out, kernel, stride, padding)
+        self.norm = VirtualBatchNorm(maps_out) if vbn else None
+        self.activation = activation
+
+    def forward(self, x, reference):
+        if reference is not None:
+            both = self.conv(torch.cat([x, reference]))
+            x, reference = both[: len(x)], both[len(x):]
+            if self.norm is not None:
+                x, reference = self.norm(x, reference)
+        else:
+            x = self.conv(x)
+        if self.activation:
+            x = F.leaky_relu(x, 0.2)
+            reference = None if reference is None else F.leaky_relu(reference, 0.2)
+        return x, reference
+
+
+class _Pool(nn.Module):
+    def __init__(self, kernel, stride, padding):
+        super().__init__()
+        self.pool = nn.MaxPool2d(kernel, stride, padding)
+
+    def forward(self, x, reference):
+        return self.pool(x), None if reference is None else self.pool(reference)
+
+
 class Discriminator(nn.Module):
     """Patch discriminator: a map of 2-class logits, one per receptive-field patch.
 
-    Every layer but the last is followed by a LeakyReLU (a D without activations is
-    linear); the output logits have no activation.
+    Every hidden conv is followed by a LeakyReLU (a D without activations is linear);
+    the output logits have no activation. With virtual batch norm the forward pass
+    needs `reference`, the fixed reference batch, which is run alongside `x`.
     """
 
     def __init__(self, spec: DiscriminatorSpec = DISCRIMINATOR_PRESETS["eye"]):
         super().__init__()
         self.spec = spec
+        *hidden, last = spec.layers
+        if last[0] != "conv" or last[1] != 2:
+            raise ValueError("the last discriminator layer must be a conv with 2 output maps")
         layers: list[nn.Module] = []
         maps = spec.channels
-        for layer in spec.layers:
+        for layer in hidden:
             if layer[0] == "conv":
                 _, out, kernel, stride, padding = layer
-                layers += [nn.Conv2d(maps, out, kernel, stride, padding), nn.LeakyReLU(0.2)]
+                layers.append(_Conv(maps, out, kernel, stride, padding, spec.virtual_batch_norm, True))
                 maps = out
             elif layer[0] == "pool":
                 _, kernel, stride, padding = layer
-                layers.append(nn.MaxPool2d(kernel, stride, padding))
+                layers.append(_Pool(kernel, stride, padding))
             else:
                 raise ValueError(f"unknown discriminator layer {layer!r}")
-        if maps != 2 or not isinstance(layers[-1], nn.LeakyReLU):
-            raise ValueError("the last discriminator layer must be a conv with 2 output maps")
-        layers.pop()  # no activation on the logits
-        self.features = nn.Sequential(*layers[:-1])
-        self.head = layers[-1]
+        self.layers = nn.ModuleList(layers)
+        self.minibatch = MinibatchDiscrimination(maps, spec.minibatch_kernels) if spec.minibatch_kernels else None
+        _, out, kernel, stride, padding = last
+        self.head = nn.Conv2d(maps + spec.minibatch_kernels, out, kernel, stride, padding)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        features = self.features(x)
-        logits = self.head(features)
+    def forward(self, x: torch.Tensor, return_features: bool = False, reference: torch.Tensor | None = None):
+        """Logits (N, 2, h, w); with `return_features`, also the last hidden feature map."""
+        if self.spec.virtual_batch_norm and reference is None:
+            raise ValueError("this discriminator uses virtual batch norm: pass the reference batch")
+        if not self.spec.virtual_batch_norm:
+            reference = None
+        features = x
+        for layer in self.layers:
+            features, reference = layer(features, reference)
+        head_in = self.minibatch(features) if self.minibatch is not None else features
+        logits = self.head(head_in)
         return (logits, features) if return_features else logits
 
 
@@ -149,7 +244,9 @@ def refiner_preset(name: str, channels: int = 1) -> RefinerSpec:
     return RefinerSpec(**{**REFINER_PRESETS[name].to_dict(), "channels": channels})
 
 
-def discriminator_preset(name: str, channels: int = 1) -> DiscriminatorSpec:
+def discriminator_preset(
+    name: str, channels: int = 1, minibatch_kernels: int = 0, virtual_batch_norm: bool = False
+) -> DiscriminatorSpec:
     if name not in DISCRIMINATOR_PRESETS:
         raise ValueError(f"unknown discriminator preset {name!r}; choose from {sorted(DISCRIMINATOR_PRESETS)}")
-    return DiscriminatorSpec(DISCRIMINATOR_PRESETS[name].layers, channels)
+    return DiscriminatorSpec(DISCRIMINATOR_PRESETS[name].layers, channels, minibatch_kernels, virtual_batch_norm)

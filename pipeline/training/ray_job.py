@@ -1,0 +1,173 @@
+"""The training run as a Ray Train job: a TorchTrainer whose workers run the shared loop.
+
+Shards are read and decoded by Ray Data (unusable samples come back as rows naming
+shard, key and reason, recorded before training starts). Each worker streams the
+decoded images into memory once and then draws its minibatches from (seed, step, rank),
+so a resumed run draws what an uninterrupted one would. Checkpoints go through
+`ray.train.report` into RUN_DIR/ray; re-running the same command resumes from the
+latest. With more than one worker both networks are wrapped in DDP.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from pipeline import shards
+from pipeline.errors import UserError
+from pipeline.training import checkpoint as ckpt
+from pipeline.training.config import TrainConfig, config_from_dict
+from pipeline.training.data import Geometry, check_compatible, first_geometry, folder_shards, iter_images, record_problems
+from pipeline.training.loop import run_steps
+from pipeline.training.outputs import RunOutputs
+from pipeline.training.step import build_state
+
+RAY_DIR = "ray"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def _rows(item: dict, geometry: Geometry) -> list[dict]:
+    """Ray Data rows of one shard: usable images, and one row per problem."""
+    path = item["path"]
+    shard = os.path.basename(path)
+    rows = []
+    for found in iter_images(path, geometry):
+        if isinstance(found, shards.Problem):
+            rows.append({
+                "key": f"{shard}/{found.key or ''}", "shard": shard, "problem_key": found.key or "",
+                "kind": found.kind, "message": found.message, "image": np.zeros(geometry.shape, np.float32),
+            })
+        else:
+            key, image, _ = found
+            rows.append({"key": f"{shard}/{key}", "shard": shard, "problem_key": "", "kind": "", "message": "", "image": image})
+    return rows
+
+
+def image_dataset(folder: str, role: str, run_dir: str, geometry: Geometry | None = None):
+    """(materialised Ray Dataset of key + image, geometry); problems recorded in the run dir."""
+    import ray
+
+    paths = folder_shards(folder, role)
+    geometry = geometry or first_geometry(paths, role)
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
+    ds = ds.flat_map(functools.partial(_rows, geometry=geometry)).materialize()
+    bad = ds.filter(lambda row: row["kind"] != "").drop_columns(["image"]).take_all()
+    record_problems(run_dir, role, [shards.Problem(r["shard"], r["problem_key"] or None, r["kind"], r["message"]) for r in bad])
+    good = ds.filter(lambda row: row["kind"] == "").select_columns(["key", "image"]).materialize()
+    if good.count() == 0:
+        raise UserError(f"the {role} folder {folder} has no usable image ({len(bad)} problems)")
+    return good, geometry
+
+
+def _pool(dataset_shard, device) -> torch.Tensor:
+    """All images of a dataset in one tensor, ordered by key (the local loop's order)."""
+    keys, images = [], []
+    for batch in dataset_shard.iter_batches(batch_size=4096, batch_format="numpy"):
+        keys.extend(batch["key"].tolist())
+        images.append(batch["image"])
+    order = np.argsort(np.asarray(keys), kind="stable")
+    return torch.from_numpy(np.concatenate(images)[order]).to(device)
+
+
+def _worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    config = config_from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(loop_config["threads"])
+    device = ray.train.torch.get_device()
+    synthetic = _pool(ray.train.get_dataset_shard("synthetic"), device)
+    real = _pool(ray.train.get_dataset_shard("real"), device)
+    state = build_state(config, tuple(synthetic.shape[1:]), real, device, wrap=ray.train.torch.prepare_model)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            ckpt.restore(state, os.path.join(folder, CHECKPOINT_FILE), config)
+        if rank == 0:
+            print(f"resuming from step {state.step}", flush=True)
+    run_dir = loop_config["run_dir"]
+    outputs = RunOutputs(run_dir, config.total_steps, state.step, config.log_every) if rank == 0 else None
+
+    def save(state) -> None:
+        metrics = {"step": state.step}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                ckpt.save_checkpoint(os.path.join(folder, CHECKPOINT_FILE), state, config, loop_config["preset"])
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+
+    if state.step >= config.total_steps:
+        save(state)  # a finished run re-run: report its final checkpoint again
+        return
+    run_steps(state, config, synthetic, real, save, outputs, rank, stop_after=loop_config["stop_after"])
+
+
+def _start_ray(address: str | None) -> bool:
+    """Connect to `address` (or RAY_ADDRESS), or start an embedded local Ray; True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def run_ray(
+    config: TrainConfig,
+    preset: str,
+    synthetic_dir: str,
+    real_dir: str,
+    run_dir: str,
+    workers: int = 1,
+    address: str | None = None,
+    stop_after: int | None = None,
+) -> tuple[str, Geometry]:
+    """Train with Ray Train; returns (path of the final checkpoint file, synthetic geometry)."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    run_dir = os.path.abspath(run_dir)
+    started = _start_ray(address)
+    try:
+        synthetic, geometry = image_dataset(synthetic_dir, "synthetic", run_dir)
+        real, real_geometry = image_dataset(real_dir, "real", run_dir)
+        check_compatible(geometry, real_geometry)
+        resources = ray.cluster_resources()
+        use_gpu = resources.get("GPU", 0) >= 1
+        # On one machine the workers share its CPUs; on a cluster Ray's default applies.
+        embedded = started and not (address or os.environ.get("RAY_ADDRESS"))
+        cpus = max(1, int(resources.get("CPU", 1)) // workers) if embedded else 1
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={
+                "config": config.to_dict(), "preset": preset, "run_dir": run_dir,
+                "threads": cpus, "stop_after": stop_after,
+            },
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+            run_config=RunConfig(
+                storage_path=run_dir, name=RAY_DIR, checkpoint_config=CheckpointConfig(num_to_keep=2)
+            ),
+            # Every worker gets all images (not a split) so its pool, and so its
+            # minibatches, do not depend on how blocks were dealt out.
+            datasets={"synthetic": synthetic, "real": real},
+            dataset_config=DataConfig(datasets_to_split=[]),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise UserError(f"the Ray Train run in {run_dir} ended without a checkpoint")
+        return os.path.join(result.checkpoint.path, CHECKPOINT_FILE), geometry
+    finally:
+        if started:
+            ray.shutdown()
