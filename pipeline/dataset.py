@@ -11,11 +11,17 @@ from pipeline import manifest, shards
 
 
 def write_labelled_shard(
-    out_dir: str, shard_name: str, samples: Iterable[tuple[str, np.ndarray, dict]]
+    out_dir: str,
+    shard_name: str,
+    samples: Iterable[tuple[str, np.ndarray, dict]],
+    failures: Iterable[dict] = (),
 ) -> dict:
     """Write `(key, image, labels)` samples to `out_dir/shard_name` with its manifest.
 
-    Returns the shard's stats; the stats file, written last, marks the shard complete.
+    `failures` are manifest rows (`manifest.make_row(..., status=..., error=...)`) for
+    inputs that could not become samples: they go into the manifest, not the tar, so
+    nothing is dropped silently. Returns the shard's stats; the stats file, written
+    last, marks the shard complete.
     """
     os.makedirs(out_dir, exist_ok=True)
     members, rows = [], []
@@ -33,5 +39,6 @@ def write_labelled_shard(
                 input_bytes=png,
             )
         )
+    rows.extend(failures)
     shards.write_shard(os.path.join(out_dir, shard_name), members)
     return manifest.commit_shard(out_dir, shard_name, rows)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
 import sys
 import time
 from typing import Callable
@@ -20,6 +19,7 @@ import numpy as np
 
 from pipeline import manifest, shards
 from pipeline.data import digits, eyes
+from pipeline.data.output import prepare_output
 from pipeline.dataset import write_labelled_shard
 from pipeline.errors import UserError
 
@@ -53,24 +53,6 @@ def render_shard(task: tuple) -> tuple[int, int]:
     return shard_index, stats["samples"]
 
 
-def _existing_outputs(out_dir: str) -> list[str]:
-    if not os.path.isdir(out_dir):
-        return []
-    return [
-        name
-        for name in os.listdir(out_dir)
-        if name.endswith((".tar", ".parquet", manifest.STATS_SUFFIX)) or name == manifest.SUMMARY
-    ]
-
-
-def _clear_outputs(out_dir: str, kind: str) -> None:
-    """Remove a previous simulation's files of this kind (and the folder manifest)."""
-    pattern = re.compile(rf"^{re.escape(kind)}-\d{{6}}(\.tar|\.parquet|{re.escape(manifest.STATS_SUFFIX)})$")
-    for name in os.listdir(out_dir):
-        if pattern.match(name) or name in (manifest.DATASET_MANIFEST, manifest.SUMMARY):
-            os.remove(os.path.join(out_dir, name))
-
-
 def _print_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -98,15 +80,7 @@ def simulate(
         raise UserError(f"--per-shard must be at least 1, got {per_shard}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    os.makedirs(out_dir, exist_ok=True)
-    existing = _existing_outputs(out_dir)
-    if existing and not overwrite:
-        raise UserError(
-            f"{out_dir} already holds shards or manifests ({existing[0]}, ...); "
-            "choose an empty folder or pass --overwrite"
-        )
-    if overwrite:
-        _clear_outputs(out_dir, kind)
+    prepare_output(out_dir, kind, overwrite)
 
     setup = _kind_setup(kind)
     starts = range(0, count, per_shard)

@@ -1,0 +1,126 @@
+"""Check a folder of shards: every problem, per shard and per sample, nothing raised.
+
+Per shard, `pipeline.shards.iter_shard` finds what the tar structure shows (unreadable
+or truncated tar, empty shard, bad or duplicate key, missing member); decoding each
+sample finds undecodable images and invalid labels. Across the folder this module adds
+keys repeated in different shards and images whose geometry (height, width, channels,
+bit depth) differs from the dataset's most common one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pipeline import shards
+from pipeline.errors import UserError
+from pipeline.shards import Problem
+
+
+@dataclass
+class FolderReport:
+    folder: str
+    shards: int = 0
+    samples: int = 0  # samples seen (good or not), not counting tar-level problems
+    good: int = 0  # samples with no problem at all
+    geometry: tuple[int, int, int, int] | None = None  # the dataset's (H, W, C, bits)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def describe_geometry(geometry: tuple[int, int, int, int]) -> str:
+    height, width, channels, bits = geometry
+    return f"{height}x{width} (HxW), {channels} channel{'s' if channels > 1 else ''}, {bits}-bit"
+
+
+def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> FolderReport:
+    """Read every shard of `folder` and report what is wrong; raises UserError only when
+    the folder itself is missing or holds no shards."""
+    try:
+        paths = shards.list_shards(folder)
+    except FileNotFoundError:
+        raise UserError(f"no such folder: {folder}") from None
+    if not paths:
+        raise UserError(f"{folder} holds no .tar shards")
+    report = FolderReport(folder, shards=len(paths))
+    first_shard: dict[str, str] = {}  # key -> shard it first appeared in
+    geometries: list[tuple[str, str, tuple[int, int, int, int]]] = []
+    flagged: set[tuple[str, str]] = set()  # (shard, key) already reported
+
+    for number, path in enumerate(paths, 1):
+        shard = os.path.basename(path)
+        for item in shards.iter_shard(path):
+            if isinstance(item, Problem):
+                report.problems.append(item)
+                if item.key is not None:
+                    report.samples += 1
+                    flagged.add((shard, item.key))
+                continue
+            report.samples += 1
+            if item.key in first_shard:
+                report.problems.append(
+                    Problem(shard, item.key, shards.DUPLICATE_KEY, f"key also used in shard {first_shard[item.key]}")
+                )
+                flagged.add((shard, item.key))
+            else:
+                first_shard[item.key] = shard
+            try:
+                sample = shards.decode_sample(item)
+            except shards.SampleError as exc:
+                report.problems.append(Problem(shard, item.key, exc.kind, exc.message))
+                flagged.add((shard, item.key))
+                continue
+            geometries.append((shard, item.key, shards.image_geometry(sample.image)))
+        if progress is not None:
+            progress(f"validate: {number}/{len(paths)} shards read, {report.samples} samples")
+
+    if geometries:
+        report.geometry = Counter(g for _, _, g in geometries).most_common(1)[0][0]
+        expected = describe_geometry(report.geometry)
+        for shard, key, geometry in geometries:
+            if geometry != report.geometry:
+                report.problems.append(
+                    Problem(
+                        shard,
+                        key,
+                        shards.WRONG_SHAPE,
+                        f"image is {describe_geometry(geometry)}; most of the dataset is {expected}",
+                    )
+                )
+                flagged.add((shard, key))
+    report.good = report.samples - len(flagged)
+    return report
+
+
+def validate_folder(folder: str) -> list[Problem]:
+    """Every problem found in the shards of `folder` (empty when the folder is clean)."""
+    return scan_folder(folder).problems
+
+
+def format_report(report: FolderReport) -> str:
+    """A readable report: problems grouped by shard, then a summary."""
+    lines = []
+    by_shard: dict[str, list[Problem]] = {}
+    for problem in report.problems:
+        by_shard.setdefault(problem.shard, []).append(problem)
+    for shard in sorted(by_shard):
+        lines.append(f"{shard}:")
+        for problem in by_shard[shard]:
+            where = f"key {problem.key!r}" if problem.key is not None else "shard"
+            lines.append(f"  {where}: {problem.kind}: {problem.message}")
+    counts = Counter(problem.kind for problem in report.problems)
+    lines.append(
+        f"{report.folder}: {report.shards} shards, {report.samples} samples, {report.good} good"
+        + (f", images {describe_geometry(report.geometry)}" if report.geometry else "")
+    )
+    if report.problems:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+        lines.append(f"{len(report.problems)} problems in {len(by_shard)} shards: {kinds}")
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines)
