@@ -12,3 +12,15 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect (not skip) tests marked `gpu` where CUDA is absent."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    gpu_only = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_only:
+        config.hook.pytest_deselected(items=gpu_only)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
