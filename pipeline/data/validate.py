@@ -49,8 +49,9 @@ def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> F
         raise UserError(f"{folder} holds no .tar shards")
     report = FolderReport(folder, shards=len(paths))
     first_shard: dict[str, str] = {}  # key -> shard it first appeared in
-    geometries: list[tuple[str, str, tuple[int, int, int, int]]] = []
-    flagged: set[tuple[str, str]] = set()  # (shard, key) already reported
+    # Decoded samples: (shard, key, geometry, is a cross-shard duplicate); the geometry
+    # is checked against the dataset's most common one at the end.
+    geometries: list[tuple[str, str, tuple[int, int, int, int], bool]] = []
 
     for number, path in enumerate(paths, 1):
         shard = os.path.basename(path)
@@ -59,30 +60,28 @@ def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> F
                 report.problems.append(item)
                 if item.key is not None:
                     report.samples += 1
-                    flagged.add((shard, item.key))
                 continue
             report.samples += 1
-            if item.key in first_shard:
+            duplicate = item.key in first_shard
+            if duplicate:
                 report.problems.append(
                     Problem(shard, item.key, shards.DUPLICATE_KEY, f"key also used in shard {first_shard[item.key]}")
                 )
-                flagged.add((shard, item.key))
             else:
                 first_shard[item.key] = shard
             try:
                 sample = shards.decode_sample(item)
             except shards.SampleError as exc:
                 report.problems.append(Problem(shard, item.key, exc.kind, exc.message))
-                flagged.add((shard, item.key))
                 continue
-            geometries.append((shard, item.key, shards.image_geometry(sample.image)))
+            geometries.append((shard, item.key, shards.image_geometry(sample.image), duplicate))
         if progress is not None:
             progress(f"validate: {number}/{len(paths)} shards read, {report.samples} samples")
 
     if geometries:
-        report.geometry = Counter(g for _, _, g in geometries).most_common(1)[0][0]
+        report.geometry = Counter(g for _, _, g, _ in geometries).most_common(1)[0][0]
         expected = describe_geometry(report.geometry)
-        for shard, key, geometry in geometries:
+        for shard, key, geometry, duplicate in geometries:
             if geometry != report.geometry:
                 report.problems.append(
                     Problem(
@@ -92,8 +91,8 @@ def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> F
                         f"image is {describe_geometry(geometry)}; most of the dataset is {expected}",
                     )
                 )
-                flagged.add((shard, key))
-    report.good = report.samples - len(flagged)
+            elif not duplicate:
+                report.good += 1
     return report
 
 
