@@ -1,0 +1,167 @@
+"""Bad input is recorded, never lost: one test per kind, all from one refine run.
+
+Each bad sample sits in its own shard next to good samples, so every test also checks
+that the good samples of that shard were still refined.
+"""
+
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from click.testing import CliRunner
+
+from pipeline import manifest, shards
+from pipeline.commands.refine import refine
+from refine_helpers import image, make_refiner, ray_local, raw_tar  # noqa: F401 - fixture
+
+
+def _members(rng, *keys):
+    out = []
+    for key in keys:
+        out += [(f"{key}.png", shards.encode_png(image(rng))), (f"{key}.json", shards.encode_labels({"key": key}))]
+    return out
+
+
+def _good_then(rng, shard, *extra, good=("a", "b")):
+    """A shard with two good samples, then `extra` members."""
+    return [(name, data) for name, data in _members(rng, *(f"{shard}_{g}" for g in good))] + list(extra)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, ray_local):  # noqa: F811
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("bad")
+    src = root / "in"
+    png, labels = shards.encode_png(image(rng)), shards.encode_labels({"digit": 1})
+    tars = {
+        "corrupt_png": _good_then(rng, "corrupt", ("corrupt_bad.png", png[:40]), ("corrupt_bad.json", labels)),
+        "missing_json": _good_then(rng, "nojson", ("nojson_bad.png", png)),
+        "invalid_json": _good_then(rng, "badjson", ("badjson_bad.png", png), ("badjson_bad.json", b"{not json")),
+        "wrong_shape": _good_then(
+            rng, "shape", ("shape_bad.png", shards.encode_png(np.zeros((9, 8), np.uint8))), ("shape_bad.json", labels)
+        ),
+        "wrong_channels": _good_then(
+            rng, "chan", ("chan_bad.png", shards.encode_png(np.zeros((8, 8, 3), np.uint8))), ("chan_bad.json", labels)
+        ),
+        "dot_key": _good_then(rng, "dot", ("dot_bad.x.png", png), ("dot_bad.x.json", labels)),
+        "slash_key": _good_then(rng, "slash", ("sub/slash_bad.png", png), ("sub/slash_bad.json", labels)),
+        "dup_in_shard": _good_then(rng, "dup", *_members(rng, "dup_a")),
+        "dup_across": _good_then(rng, "across", *_members(rng, "corrupt_a")),
+        "empty": [],
+    }
+    for name, members in tars.items():
+        raw_tar(str(src / f"{name}.tar"), members)
+    # Truncated: a good shard cut inside its fourth sample.
+    truncated = raw_tar(str(src / "truncated.tar"), _members(rng, "trunc_a", "trunc_b", "trunc_c", "trunc_d"))
+    with open(truncated, "r+b") as handle:
+        handle.truncate(3 * 2 * 1024 + 700)
+    (src / "unreadable.tar").write_bytes(b"this is not a tar archive " * 40)
+
+    refiner = make_refiner(str(root / "tiny.safetensors"))
+    out = root / "out"
+    result = CliRunner().invoke(refine, ["--in", str(src), "--out", str(out), "--refiner", refiner, "--batch-size", "4"])
+    rows = pq.read_table(out / manifest.DATASET_MANIFEST).to_pandas()
+    return {"result": result, "rows": rows, "out": out, "src": src, "refiner": refiner}
+
+
+def _rows(run, shard):
+    return run["rows"][run["rows"]["shard"] == shard]
+
+
+def _refined_keys(run, shard):
+    return {s["__key__"] for s in wds.WebDataset(str(run["out"] / shard), shardshuffle=False, empty_check=False)}
+
+
+def _check(run, shard, kind, key, good):
+    rows = _rows(run, shard)
+    bad = rows[rows["status"] == kind]
+    assert len(bad) == 1, rows[["key", "status", "error"]]
+    if key is None:
+        assert bad["key"].isna().all()  # a shard-level problem has no key
+    else:
+        assert bad["key"].iloc[0] == key
+    assert bad["error"].iloc[0], "a failure needs a reason"
+    ok = rows[rows["status"] == manifest.OK]
+    assert set(ok["key"]) == set(good)
+    assert _refined_keys(run, shard) == set(good)
+    assert (ok["output_sha256"].notna()).all()
+    assert f"{kind}=" in run["result"].output
+    return bad.iloc[0]
+
+
+def test_the_run_exits_non_zero_and_names_the_manifest(run):
+    assert run["result"].exit_code == 1
+    assert "Traceback" not in run["result"].output
+    assert "failed" in run["result"].output and "manifest.parquet" in run["result"].output
+
+
+def test_allow_failures_exits_zero_and_keeps_the_record(run):
+    again = CliRunner().invoke(refine, ["--in", str(run["src"]), "--out", str(run["out"]), "--refiner", run["refiner"], "--allow-failures"])
+    assert again.exit_code == 0, again.output
+    rows = pq.read_table(run["out"] / manifest.DATASET_MANIFEST).to_pandas()
+    assert len(rows) == len(run["rows"]) and (rows["status"] != "ok").sum() == (run["rows"]["status"] != "ok").sum()
+
+
+def test_truncated_tar(run):
+    row = _check(run, "truncated.tar", shards.TRUNCATED_TAR, None, {"trunc_a", "trunc_b", "trunc_c"})
+    assert "lost" in row["error"] or "ends" in row["error"]
+
+
+def test_unreadable_tar(run):
+    rows = _rows(run, "unreadable.tar")
+    assert list(rows["status"]) == [shards.UNREADABLE_TAR] and rows["error"].iloc[0]
+    assert _refined_keys(run, "unreadable.tar") == set()
+
+
+def test_corrupt_png(run):
+    row = _check(run, "corrupt_png.tar", shards.UNDECODABLE_IMAGE, "corrupt_bad", {"corrupt_a", "corrupt_b"})
+    assert row["labels_json"] == '{"digit":1}' and row["input_sha256"]
+
+
+def test_missing_json(run):
+    _check(run, "missing_json.tar", shards.MISSING_LABELS, "nojson_bad", {"nojson_a", "nojson_b"})
+
+
+def test_invalid_json(run):
+    row = _check(run, "invalid_json.tar", shards.INVALID_LABELS, "badjson_bad", {"badjson_a", "badjson_b"})
+    assert "parse" in row["error"]
+
+
+def test_wrong_image_shape(run):
+    row = _check(run, "wrong_shape.tar", shards.WRONG_SHAPE, "shape_bad", {"shape_a", "shape_b"})
+    assert (row["height"], row["width"]) == (9, 8) and "8x8" in row["error"]
+
+
+def test_wrong_channels(run):
+    row = _check(run, "wrong_channels.tar", shards.WRONG_SHAPE, "chan_bad", {"chan_a", "chan_b"})
+    assert row["channels"] == 3 and "3 channel" in row["error"]
+
+
+def test_key_with_a_dot(run):
+    row = _check(run, "dot_key.tar", shards.BAD_KEY, "dot_bad.x", {"dot_a", "dot_b"})
+    assert "dot" in row["error"]
+
+
+def test_key_with_a_slash(run):
+    row = _check(run, "slash_key.tar", shards.BAD_KEY, "sub/slash_bad", {"slash_a", "slash_b"})
+    assert "separator" in row["error"]
+
+
+def test_duplicate_key_within_a_shard(run):
+    rows = _rows(run, "dup_in_shard.tar")
+    assert list(rows[rows["key"] == "dup_a"]["status"]) == [manifest.OK, shards.DUPLICATE_KEY]
+    assert _refined_keys(run, "dup_in_shard.tar") == {"dup_a", "dup_b"}
+
+
+def test_duplicate_key_across_shards(run):
+    row = _check(run, "dup_across.tar", shards.DUPLICATE_KEY, "corrupt_a", {"across_a", "across_b"})
+    assert "corrupt_png.tar" in row["error"]  # the first occurrence (input order) is kept
+    assert "corrupt_a" in _refined_keys(run, "corrupt_png.tar")
+
+
+def test_empty_shard(run):
+    rows = _rows(run, "empty.tar")
+    assert list(rows["status"]) == [shards.EMPTY_SHARD] and rows["key"].isna().all()
+    assert os.path.exists(manifest.stats_path(str(run["out"]), "empty.tar"))
