@@ -1,3 +1,83 @@
-"""CLI commands (placeholder: filled in by the area that owns it)."""
+"""`simgan evaluate`, `simgan turing-test`, `simgan report` and `simgan demo`."""
 
-COMMANDS = []
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+
+import click
+
+from pipeline.evaluation import downstream
+
+
+def _command_line() -> str:
+    """The command as typed, for the results and the report."""
+    return " ".join(shlex.quote(part) for part in ["simgan", *sys.argv[1:]])
+
+
+@click.command()
+@click.option("--task", type=click.Choice(downstream.TASKS), default="digits", show_default=True,
+              help="digits: CNN classifier, accuracy; gaze: the paper's gaze CNN, angle error.")
+@click.option("--synthetic", "synthetic_dir", required=True, type=click.Path(file_okay=False),
+              help="Raw simulator shards (labelled).")
+@click.option("--refined", "refined_dir", required=True, type=click.Path(file_okay=False),
+              help="The same shards after refine-dataset.")
+@click.option("--real-train", "real_train_dir", type=click.Path(file_okay=False),
+              help="Labelled real training shards: the 'trained on real' baseline, label "
+                   "preservation and the feature-space metrics need them.")
+@click.option("--real-test", "real_test_dir", required=True, type=click.Path(file_okay=False),
+              help="Labelled real held-out shards every estimator is tested on.")
+@click.option("--seeds", default=3, show_default=True, help="Downstream seeds (mean and spread over them).")
+@click.option("--steps", type=int, default=None, help="Training steps per estimator [default: 400].")
+@click.option("--two-sample-steps", type=int, default=None,
+              help="Training steps of the real-vs-X classifier [default: 300].")
+@click.option("--gaze-model", type=click.Choice(sorted(downstream.GAZE_SPECS)), default="paper",
+              show_default=True, help="Gaze CNN width (paper = the network of Shrivastava et al.).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for results.json.")
+def evaluate(task, synthetic_dir, refined_dir, real_train_dir, real_test_dir, seeds, steps, two_sample_steps, gaze_model,
+             out_dir):
+    """Train the same downstream estimator on synthetic, refined (and real) shards; test on real."""
+    from pipeline.evaluation.evaluate import evaluate as run_evaluation
+    from pipeline.evaluation.realism import TWO_SAMPLE_SETTINGS
+    from pipeline.evaluation.report import summary_lines
+
+    defaults = downstream.TrainSettings()
+    settings = downstream.TrainSettings(steps=steps or defaults.steps, gaze_model=gaze_model)
+    two_sample = TWO_SAMPLE_SETTINGS
+    if two_sample_steps:
+        two_sample = dataclasses.replace(TWO_SAMPLE_SETTINGS, steps=two_sample_steps)
+    results = run_evaluation(
+        task, synthetic_dir, refined_dir, real_test_dir, out_dir, real_train_dir=real_train_dir,
+        seeds=seeds, settings=settings, two_sample_settings=two_sample, command=_command_line(),
+        log=click.echo,
+    )
+    for line in summary_lines(results):
+        click.echo(line)
+
+
+@click.command()
+@click.option("--results", "results_path", required=True, type=click.Path(),
+              help="An evaluation's results.json or the folder holding it.")
+@click.option("--train-run", "train_run_dir", type=click.Path(file_okay=False),
+              help="The refiner's training run folder, for its loss curves.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Where report.html and report.md go [default: beside results.json].")
+def report(results_path, train_run_dir, out_dir):
+    """Write report.html and report.md: the table, sample grid, loss curves, metrics."""
+    import os
+
+    from pipeline.evaluation.evaluate import load_results
+    from pipeline.evaluation.report import write_report
+
+    results = load_results(results_path)
+    if out_dir is None:
+        out_dir = results_path if os.path.isdir(results_path) else os.path.dirname(results_path) or "."
+    commands = [c for c in (results.get("command"), _command_line()) if c]
+    html_path, md_path = write_report(out_dir, results, train_run_dir=train_run_dir, commands=commands)
+    click.echo(f"report: {html_path}")
+    click.echo(f"        {md_path}")
+
+
+COMMANDS = [evaluate, report]

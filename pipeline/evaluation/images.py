@@ -114,3 +114,30 @@ def gaze_labels(images: ImageSet) -> np.ndarray:
     if np.any(norms == 0):
         raise UserError(f"{images.folder}: a 'gaze' label is the zero vector")
     return vectors / norms
+
+
+def load_keys(folder: str, keys: list[str]) -> dict[str, np.ndarray]:
+    """Stored images (uint8/uint16 as decoded) of the given keys, where found in `folder`."""
+    wanted, found = set(keys), {}
+    for path in shards.list_shards(folder):
+        for item in shards.iter_shard(path):
+            if isinstance(item, shards.RawSample) and item.key in wanted and item.key not in found:
+                try:
+                    found[item.key] = shards.decode_png(item.image_bytes)
+                except shards.SampleError:
+                    continue  # the evaluation's problem list already names it
+            if len(found) == len(wanted):
+                return found
+    return found
+
+
+def first_keys(folder: str, count: int) -> list[str]:
+    """The first `count` well-formed keys of a folder, in shard order."""
+    keys: list[str] = []
+    for path in shards.list_shards(folder):
+        for item in shards.iter_shard(path):
+            if isinstance(item, shards.RawSample):
+                keys.append(item.key)
+                if len(keys) == count:
+                    return keys
+    return keys
