@@ -80,4 +80,39 @@ def report(results_path, train_run_dir, out_dir):
     click.echo(f"        {md_path}")
 
 
-COMMANDS = [evaluate, report]
+@click.command("turing-test")
+@click.option("--real", "real_dir", type=click.Path(file_okay=False), help="Real image shards.")
+@click.option("--refined", "refined_dir", type=click.Path(file_okay=False), help="Refined image shards.")
+@click.option("--answers", "answer_files", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="JSON-lines answers file; answers are appended, so raters can stop and continue. "
+                   "With --summary, give it several times to pool raters.")
+@click.option("--port", default=8400, show_default=True, help="Port on 127.0.0.1 (0 picks a free one).")
+@click.option("--count", default=100, show_default=True, help="Images per rater, half real, half refined.")
+@click.option("--seed", default=0, show_default=True, help="Chooses the images (same for every rater).")
+@click.option("--summary", is_flag=True, help="Print the pooled confusion matrix and p-value, serve nothing.")
+def turing_test(real_dir, refined_dir, answer_files, port, count, seed, summary):
+    """Visual Turing test: people tell real from refined images in the browser, one at a time."""
+    from pipeline.evaluation import turing
+
+    if summary:
+        click.echo(turing.summary_text(turing.summarise(turing.read_answers(list(answer_files)))))
+        return
+    if not real_dir or not refined_dir:
+        raise click.UsageError("--real and --refined are needed to run the test (or use --summary)")
+    if len(answer_files) > 1:
+        raise click.UsageError("give one --answers file to record into (several only with --summary)")
+    test = turing.TuringTest(real_dir, refined_dir, answer_files[0], count=count, seed=seed)
+    server = turing.make_server(test, port)
+    host, bound = server.server_address[:2]
+    click.echo(f"visual Turing test with {len(test.items)} images: open http://{host}:{bound}/ "
+               f"(answers go to {answer_files[0]}; Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    click.echo(turing.summary_text(test.summary()))
+
+
+COMMANDS = [evaluate, turing_test, report]

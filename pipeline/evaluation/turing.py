@@ -1,0 +1,306 @@
+"""The visual Turing test: a loopback web app that asks people "real or refined?".
+
+Each rater sees the same set of real and refined images, one at a time, in an order of
+their own (seeded by their name), and answers with one click. Every answer is appended
+to a JSON-lines file at once, so a rater can close the page and continue later, and
+files from several raters (or machines) can be pooled. At the end the page shows the
+confusion matrix and the one-sided binomial p-value against chance; the paper's raters
+got 517 of 1,000 right (p = 0.148).
+
+The image URLs carry only the rater and a position, never where the image came from.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+import random
+import threading
+import zlib
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlencode, urlparse
+
+from pipeline import shards
+from pipeline.errors import UserError
+from pipeline.evaluation.metrics import binomial_p_value
+
+REAL, REFINED = "real", "refined"
+CHOICES = (REAL, REFINED)
+MAX_RATER = 64
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str  # "<truth>:<shard>:<key>", stable across runs
+    truth: str
+    png: bytes
+
+
+def _keys(folder: str) -> list[tuple[str, str]]:
+    try:
+        paths = shards.list_shards(folder)
+    except FileNotFoundError:
+        raise UserError(f"no such folder: {folder}") from None
+    found = [(item.shard, item.key) for path in paths for item in shards.iter_shard(path)
+             if isinstance(item, shards.RawSample)]
+    if not found:
+        raise UserError(f"{folder} holds no readable samples")
+    return found
+
+
+def _pick(folder: str, truth: str, count: int, seed: int) -> list[Item]:
+    """`count` samples of `folder` chosen at random (fixed by the seed), with their PNG bytes."""
+    keys = _keys(folder)
+    chosen = set(random.Random(f"{seed}:{truth}").sample(keys, min(count, len(keys))))
+    items = []
+    for path in shards.list_shards(folder):
+        for item in shards.iter_shard(path):
+            if isinstance(item, shards.RawSample) and (item.shard, item.key) in chosen:
+                items.append(Item(f"{truth}:{item.shard}:{item.key}", truth, item.image_bytes))
+    return items
+
+
+def read_answers(paths: str | list[str]) -> list[dict]:
+    """Answers from one or more files; a rater's repeat answer to an item counts once."""
+    seen, answers = set(), []
+    for path in [paths] if isinstance(paths, str) else paths:
+        if not os.path.exists(path):
+            continue
+        with open(path) as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    answer = json.loads(line)
+                except json.JSONDecodeError:
+                    raise UserError(f"{path} line {number} is not JSON; fix or remove that line") from None
+                if (answer.get("rater"), answer.get("item")) in seen:
+                    continue
+                seen.add((answer.get("rater"), answer.get("item")))
+                answers.append(answer)
+    return answers
+
+
+def summarise(answers: list[dict]) -> dict:
+    """Confusion matrix (truth x answer), share correct and the p-value against chance."""
+    confusion = {truth: {answer: 0 for answer in CHOICES} for truth in CHOICES}
+    for answer in answers:
+        confusion[answer["truth"]][answer["answer"]] += 1
+    total = len(answers)
+    correct = confusion[REAL][REAL] + confusion[REFINED][REFINED]
+    return {
+        "answers": total,
+        "correct": correct,
+        "accuracy": correct / total if total else None,
+        "p_value": binomial_p_value(correct, total),
+        "confusion": confusion,
+        "raters": sorted({answer["rater"] for answer in answers}),
+    }
+
+
+def summary_text(summary: dict) -> str:
+    c = summary["confusion"]
+    if not summary["answers"]:
+        return "no answers yet"
+    return "\n".join([
+        f"{summary['correct']} of {summary['answers']} answers correct "
+        f"({100 * summary['accuracy']:.1f} %), one-sided binomial p = {summary['p_value']:.3g} "
+        f"against chance (the paper: 517 of 1000, p = 0.148); raters: {', '.join(summary['raters'])}",
+        "                 answered real   answered refined",
+        f"  shown real     {c[REAL][REAL]:13d}   {c[REAL][REFINED]:16d}",
+        f"  shown refined  {c[REFINED][REAL]:13d}   {c[REFINED][REFINED]:16d}",
+    ])
+
+
+class TuringTest:
+    """The items, each rater's order, and the answers file. Thread-safe."""
+
+    def __init__(self, real_dir: str, refined_dir: str, answers_path: str, count: int = 100, seed: int = 0):
+        if count < 2:
+            raise UserError("--count must be at least 2 (half real, half refined)")
+        self.items = _pick(real_dir, REAL, count // 2, seed) + _pick(refined_dir, REFINED, count - count // 2, seed)
+        self.by_id = {item.id: item for item in self.items}
+        self.answers_path = answers_path
+        self.seed = seed
+        self.lock = threading.Lock()
+        folder = os.path.dirname(os.path.abspath(answers_path))
+        os.makedirs(folder, exist_ok=True)
+        read_answers(answers_path)  # refuse a damaged file before anyone answers
+
+    def order(self, rater: str) -> list[Item]:
+        items = sorted(self.items, key=lambda item: item.id)
+        random.Random(zlib.crc32(f"{self.seed}:{rater}".encode())).shuffle(items)
+        return items
+
+    def answered(self, rater: str) -> set[str]:
+        return {a["item"] for a in read_answers(self.answers_path) if a["rater"] == rater}
+
+    def next_position(self, rater: str) -> int | None:
+        done = self.answered(rater)
+        for position, item in enumerate(self.order(rater)):
+            if item.id not in done:
+                return position
+        return None
+
+    def record(self, rater: str, position: int, answer: str) -> bool:
+        """Append the answer if `position` is the rater's next item; False if it is not
+        (a resubmitted form), so one answer is never counted twice."""
+        if answer not in CHOICES:
+            return False
+        with self.lock:
+            if self.next_position(rater) != position:
+                return False
+            item = self.order(rater)[position]
+            line = {
+                "rater": rater,
+                "item": item.id,
+                "truth": item.truth,
+                "answer": answer,
+                "correct": answer == item.truth,
+                "position": position,
+                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            with open(self.answers_path, "a") as handle:
+                handle.write(json.dumps(line, sort_keys=True) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            return True
+
+    def summary(self, rater: str | None = None) -> dict:
+        answers = read_answers(self.answers_path)
+        if rater is not None:
+            answers = [a for a in answers if a["rater"] == rater]
+        return summarise(answers)
+
+
+# ------------------------------------------------------------------ web pages
+
+STYLE = (
+    "body{font-family:sans-serif;text-align:center;margin:2em}"
+    "img{width:280px;image-rendering:pixelated;border:1px solid #888}"
+    "button{font-size:1.3em;margin:.5em 1em;padding:.4em 1.2em}"
+    "table{margin:1em auto;border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .8em}"
+)
+
+
+def _page(title: str, body: str) -> bytes:
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>").encode()
+
+
+def _matrix_html(summary: dict, caption: str, table_id: str) -> str:
+    if not summary["answers"]:
+        return f"<p>{html.escape(caption)}: no answers yet.</p>"
+    c = summary["confusion"]
+    return (
+        f"<h2>{html.escape(caption)}</h2>"
+        f"<table id={table_id}><tr><th></th><th>answered real</th>"
+        "<th>answered refined</th></tr>"
+        f"<tr><th>shown real</th><td>{c[REAL][REAL]}</td><td>{c[REAL][REFINED]}</td></tr>"
+        f"<tr><th>shown refined</th><td>{c[REFINED][REAL]}</td><td>{c[REFINED][REFINED]}</td></tr></table>"
+        f"<p class=score>{summary['correct']} of {summary['answers']} correct "
+        f"({100 * summary['accuracy']:.1f} %); one-sided binomial p = {summary['p_value']:.3g} "
+        "against guessing. A p-value above 0.05 means the images could not be told apart "
+        "better than chance (the paper: 517 of 1000, p = 0.148).</p>"
+    )
+
+
+def make_handler(test: TuringTest):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format, *args):  # keep the terminal for progress lines
+            pass
+
+        def _send(self, status: int, body: bytes, kind: str = "text/html; charset=utf-8", headers=None):
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _redirect(self, path: str):
+            self._send(303, b"", headers={"Location": path})
+
+        def _rater(self, query: dict) -> str | None:
+            rater = (query.get("rater") or [""])[0].strip()
+            return rater if 0 < len(rater) <= MAX_RATER else None
+
+        def do_GET(self):
+            url = urlparse(self.path)
+            query = parse_qs(url.query)
+            if url.path == "/":
+                return self._send(200, _page("Real or refined?", (
+                    "<h1>Real or refined?</h1><p>You will see images one at a time. Some are real "
+                    "photographs, some were made by a simulator and refined. Say which you think "
+                    "each is. You can stop at any time and continue later under the same name.</p>"
+                    "<form action=/rate method=get><label>Your name "
+                    f"<input id=rater name=rater maxlength={MAX_RATER} required></label> "
+                    "<button id=start type=submit>Start</button></form>")))
+            rater = self._rater(query)
+            if url.path in ("/rate", "/image", "/done") and rater is None:
+                return self._send(400, _page("Name needed", "<p>Please give a name (1 to 64 characters).</p>"
+                                                            "<p><a href=/>Back</a></p>"))
+            if url.path == "/rate":
+                position = test.next_position(rater)
+                if position is None:
+                    return self._redirect("/done?" + urlencode({"rater": rater}))
+                r = html.escape(rater, quote=True)
+                return self._send(200, _page("Real or refined?", (
+                    f"<p id=progress>Image {position + 1} of {len(test.items)}</p>"
+                    f"<img id=sample src=\"/image?{html.escape(urlencode({'rater': rater, 'n': position}))}\" "
+                    "alt=\"image to rate\"><form action=/answer method=post>"
+                    f"<input type=hidden name=rater value=\"{r}\"><input type=hidden name=n value={position}>"
+                    "<p><button id=real name=answer value=real>Real</button>"
+                    "<button id=refined name=answer value=refined>Refined</button></p></form>"
+                    f"<p><a id=stop href=\"/done?{html.escape(urlencode({'rater': rater}))}\">"
+                    "Stop here and see the results so far</a></p>")))
+            if url.path == "/image":
+                order = test.order(rater)
+                try:
+                    item = order[int((query.get("n") or ["-1"])[0])]
+                except (ValueError, IndexError):
+                    return self._send(404, _page("Not found", "<p>No such image.</p>"))
+                return self._send(200, item.png, kind="image/png")
+            if url.path == "/done":
+                left = test.next_position(rater)
+                more = ("" if left is None else
+                        f"<p><a id=continue href=\"/rate?{html.escape(urlencode({'rater': rater}))}\">"
+                        "Continue rating</a></p>")
+                return self._send(200, _page("Results", (
+                    f"<h1 id=done>Thank you, {html.escape(rater)}</h1>{more}"
+                    + _matrix_html(test.summary(rater), "Your answers", "mine")
+                    + _matrix_html(test.summary(), "All raters pooled", "pooled"))))
+            if url.path == "/results.json":
+                return self._send(200, json.dumps(test.summary()).encode(), kind="application/json")
+            return self._send(404, _page("Not found", "<p>Nothing here.</p>"))
+
+        def do_POST(self):
+            url = urlparse(self.path)
+            if url.path != "/answer":
+                return self._send(404, _page("Not found", "<p>Nothing here.</p>"))
+            length = min(int(self.headers.get("Content-Length") or 0), 4096)
+            form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+            rater = self._rater(form)
+            if rater is None:
+                return self._send(400, _page("Name needed", "<p>Please give a name.</p>"))
+            try:
+                position = int((form.get("n") or [""])[0])
+            except ValueError:
+                return self._send(400, _page("Bad answer", "<p>The answer form was damaged.</p>"))
+            test.record(rater, position, (form.get("answer") or [""])[0])
+            return self._redirect("/rate?" + urlencode({"rater": rater}))
+
+    return Handler
+
+
+def make_server(test: TuringTest, port: int = 0, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """A server on loopback; `port=0` picks a free port (see `server.server_address`)."""
+    try:
+        return ThreadingHTTPServer((host, port), make_handler(test))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
