@@ -130,10 +130,13 @@ def render(p: dict) -> tuple[np.ndarray, dict]:
     across = (-ix * ay + iy * ax) / p["iris_radius"]
     rho = np.sqrt(along ** 2 + across ** 2)  # 1 on the iris edge
     angle = np.arctan2(across, along)
-    stripes = sum(
-        0.07 * math.sin(k) * np.sin(k * angle + phase)
+    # Radial iris fibres: a random angular profile, tabulated once and looked up.
+    table = np.linspace(-np.pi, np.pi, 513)
+    profile = sum(
+        0.07 * math.sin(k) * np.sin(k * table + phase)
         for k, phase in zip(range(5, 30, 4), texture_rng.uniform(0, 2 * np.pi, 7))
     )
+    stripes = np.interp(angle, table, profile)
     iris = p["iris"] * (1 + stripes) * (1 - 0.55 * _smoothstep(0.7, 1.0, rho))
     pupil_mix = 1 - _smoothstep(p["pupil_fraction"] - 0.06, p["pupil_fraction"] + 0.06, rho)
     iris = iris * (1 - pupil_mix) + 0.04 * pupil_mix
