@@ -115,4 +115,17 @@ def turing_test(real_dir, refined_dir, answer_files, port, count, seed, summary)
     click.echo(turing.summary_text(test.summary()))
 
 
-COMMANDS = [evaluate, turing_test, report]
+@click.command()
+@click.option("--out", "out_dir", default="simgan-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for everything the demo writes.")
+@click.option("--preset", type=click.Choice(["demo", "quality"]), default="demo", show_default=True,
+              help="demo: fits 15 minutes on 2 cores; quality: trains the refiner longer.")
+@click.option("--overwrite", is_flag=True, help="Start over instead of continuing an earlier run in --out.")
+def demo(out_dir, preset, overwrite):
+    """Simulate, import MNIST, train, refine, check labels, evaluate, report: all in one."""
+    from pipeline.evaluation.demo import run_demo
+
+    run_demo(out_dir, preset, overwrite=overwrite, log=click.echo)
+
+
+COMMANDS = [evaluate, turing_test, report, demo]

@@ -1,0 +1,52 @@
+"""The demo's orchestration on tiny settings: every real step, in order, then resume."""
+
+import json
+import os
+
+import pytest
+
+from pipeline import manifest
+from pipeline.errors import UserError
+from pipeline.evaluation import downstream
+from pipeline.evaluation.demo import DemoSettings, commands_for, run_demo
+
+TINY = DemoSettings(
+    synthetic_count=120,
+    train_overrides={"pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2, "iterations": 2,
+                     "batch_size": 16, "history_size": 32, "log_every": 1, "sample_every": 2,
+                     "checkpoint_every": 2},
+    local_training=True,  # Ray Train itself is tested with the training code
+    seeds=1,
+    evaluation=downstream.TrainSettings(steps=5, batch_size=16),
+    two_sample=downstream.TrainSettings(steps=5, batch_size=16, shift=0, jitter=0.0),
+)
+
+
+@pytest.mark.slow
+def test_demo_runs_every_step_then_continues(tmp_path):
+    out = str(tmp_path / "simgan-demo")
+    lines = []
+    html_path = run_demo(out, settings=TINY, log=lines.append)
+    assert html_path == os.path.join(out, "report.html") and os.path.isfile(html_path)
+    text = "\n".join(lines)
+    for number, step in enumerate(["simulating 120 digits", "importing the real MNIST", "training the refiner",
+                                   "refining the synthetic", "checking labels", "evaluating", "writing the report"], 1):
+        assert f"[demo {number}/7] {step}" in text
+    assert "result: no label drift" in text
+    assert os.path.isfile(os.path.join(out, "run", "refiner.safetensors"))
+    refined = manifest.read_manifest(os.path.join(out, "refined"))
+    assert len(refined) == 120 and set(refined["status"]) == {"ok"}
+    results = json.load(open(os.path.join(out, "evaluation", "results.json")))
+    assert results["counts"] == {"synthetic": 120, "refined": 120, "real": 1000, "real-test": 1500}
+    md = open(os.path.join(out, "report.md")).read()
+    for command in commands_for(out, TINY, "demo").values():
+        assert command in md
+    assert "no label drift" in md
+
+    # Running again continues: every finished step is skipped, the report is rewritten.
+    again = []
+    run_demo(out, settings=TINY, log=again.append)
+    assert sum("done by an earlier run, skipped" in line for line in again) == 6
+    # Other settings in the same folder are refused rather than mixed in.
+    with pytest.raises(UserError, match="other settings"):
+        run_demo(out, settings=DemoSettings(**{**TINY.__dict__, "synthetic_count": 130}), log=again.append)
