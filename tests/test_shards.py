@@ -149,7 +149,8 @@ def test_round_trip_through_ray_data(tmp_path, rng):
     samples = _samples(rng, 6)
     _write(tmp_path, "s-000000.tar", samples[:4])
     _write(tmp_path, "s-000001.tar", samples[4:])
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    # address="local": a private cluster, even when another Ray runs on this machine.
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         # The folder also holds the Parquet manifests: read only the tars.
         rows = ray.data.read_webdataset(str(tmp_path), file_extensions=["tar"]).take_all()

@@ -28,6 +28,14 @@ KINDS = ("digits", "eyes")
 DEFAULT_PER_SHARD = 1000
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's limit, not the host's core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def shard_rng(seed: int, shard_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, shard_index])
 
@@ -88,7 +96,7 @@ def simulate(
         (kind, seed, index, start, min(per_shard, count - start), out_dir, setup)
         for index, start in enumerate(starts)
     ]
-    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    workers = min(workers or available_cpus(), len(tasks))
     began = time.perf_counter()
     done = 0
 
