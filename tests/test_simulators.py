@@ -171,7 +171,7 @@ def test_simulate_command_writes_shards_manifests_and_progress(tmp_path):
 
 
 def test_simulate_rejects_bad_arguments(tmp_path):
-    for kwargs in ({"kind": "hands"}, {"count": 0}, {"per_shard": 0}, {"workers": 0}):
+    for kwargs in ({"kind": "hands"}, {"count": 0}, {"per_shard": 0}, {"workers": 0}, {"seed": -1}):
         arguments = {"kind": "digits", "count": 5, "out_dir": str(tmp_path / "x"), **kwargs}
         with pytest.raises(UserError):
             simulate(**arguments, progress=None)

@@ -86,6 +86,8 @@ def simulate(
         raise UserError(f"--count must be at least 1, got {count}")
     if per_shard < 1:
         raise UserError(f"--per-shard must be at least 1, got {per_shard}")
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {seed}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     prepare_output(out_dir, kind, overwrite)
