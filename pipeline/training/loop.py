@@ -3,6 +3,7 @@ Train worker; and the plain local run itself."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -11,7 +12,7 @@ import torch
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.config import TrainConfig
 from pipeline.training.outputs import RunOutputs, write_grid
-from pipeline.training.step import TrainState, build_state, images_per_step, train_step, unwrap
+from pipeline.training.step import TrainState, build_state, images_left, images_per_step, train_step, unwrap
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -75,7 +76,9 @@ def run_local(
             print(f"resuming from {latest} (step {state.step})", flush=True)
     if state.step >= config.total_steps:
         return latest
-    outputs = RunOutputs(run_dir, config.total_steps, state.step, config.log_every, echo)
+    outputs = RunOutputs(
+        run_dir, config.total_steps, state.step, config.log_every, echo, functools.partial(images_left, config)
+    )
 
     def save(state: TrainState) -> None:
         ckpt.save_checkpoint(ckpt.checkpoint_path(folder, state.step), state, config, preset)

@@ -22,8 +22,12 @@ class RunOutputs:
     """Written by one process (rank 0). A resumed run first drops the metric lines of
     steps it is about to redo, so metrics.jsonl has each step once."""
 
-    def __init__(self, run_dir: str, total_steps: int, start_step: int, log_every: int, echo: bool = True):
+    def __init__(self, run_dir: str, total_steps: int, start_step: int, log_every: int, echo: bool = True,
+                 images_left=None):
         self.run_dir = run_dir
+        # images_left(step): images the steps from `step` on will process; steps of
+        # different phases cost different amounts, so the ETA goes by images.
+        self.images_left = images_left
         self.total_steps = total_steps
         self.log_every = log_every
         self.echo = echo
@@ -51,7 +55,10 @@ class RunOutputs:
             handle.write(json.dumps(record) + "\n")
         step = metrics["step"] + 1
         if self.echo and (step % self.log_every == 0 or step == self.total_steps):
-            eta = elapsed / done * (self.total_steps - step)
+            if self.images_left is not None and self.images:
+                eta = self.images_left(step) / (self.images / elapsed)
+            else:
+                eta = elapsed / done * (self.total_steps - step)
             losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss"))
             print(
                 f"step {step}/{self.total_steps} [{metrics['phase']}] {losses} "

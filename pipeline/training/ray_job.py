@@ -24,7 +24,7 @@ from pipeline.training.config import TrainConfig, config_from_dict
 from pipeline.training.data import Geometry, check_compatible, first_geometry, folder_shards, iter_images, record_problems
 from pipeline.training.loop import run_steps
 from pipeline.training.outputs import RunOutputs
-from pipeline.training.step import build_state
+from pipeline.training.step import build_state, images_left
 
 RAY_DIR = "ray"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -93,7 +93,11 @@ def _worker(loop_config: dict) -> None:
         if rank == 0:
             print(f"resuming from step {state.step}", flush=True)
     run_dir = loop_config["run_dir"]
-    outputs = RunOutputs(run_dir, config.total_steps, state.step, config.log_every) if rank == 0 else None
+    outputs = (
+        RunOutputs(run_dir, config.total_steps, state.step, config.log_every, True, functools.partial(images_left, config))
+        if rank == 0
+        else None
+    )
 
     def save(state) -> None:
         metrics = {"step": state.step}
@@ -119,7 +123,8 @@ def _start_ray(address: str | None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # "local": always a fresh embedded Ray, never a cluster another process left running.
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
     return True
 
 

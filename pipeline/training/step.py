@@ -217,3 +217,10 @@ def images_per_step(config: TrainConfig, step: int) -> int:
     if kind == ADVERSARIAL:
         return config.batch_size * (config.k_g + config.k_d)
     return config.batch_size
+
+
+def images_left(config: TrainConfig, step: int) -> int:
+    """Images the steps from `step` to the end of the schedule will process."""
+    left_pretrain = max(0, config.pretrain_refiner_steps + config.pretrain_discriminator_steps - step)
+    left_adversarial = config.total_steps - step - left_pretrain
+    return config.batch_size * (left_pretrain + left_adversarial * (config.k_g + config.k_d))
