@@ -18,7 +18,7 @@ TINY = DemoSettings(
     local_training=True,  # Ray Train itself is tested with the training code
     seeds=1,
     evaluation=downstream.TrainSettings(steps=5, batch_size=16),
-    two_sample=downstream.TrainSettings(steps=5, batch_size=16, shift=0, jitter=0.0),
+    two_sample_epochs=1,
 )
 
 

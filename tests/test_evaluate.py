@@ -15,7 +15,6 @@ from pipeline.evaluation.evaluate import evaluate, load_results
 from test_downstream import write_digits, write_eyes
 
 QUICK = downstream.TrainSettings(steps=40, batch_size=32, gaze_model="small")
-QUICK_TWO_SAMPLE = downstream.TrainSettings(steps=40, batch_size=32, shift=0, jitter=0.0)
 
 
 def soften(source, target, seed):
@@ -53,7 +52,7 @@ def test_digits_evaluation_writes_results_over_seeds(digit_folders, tmp_path):
     lines = []
     results = evaluate(
         "digits", f["synthetic"], f["refined"], f["test"], str(tmp_path / "eval"), real_train_dir=f["train"],
-        seeds=2, settings=QUICK, two_sample_settings=QUICK_TWO_SAMPLE, log=lines.append,
+        seeds=2, settings=QUICK, two_sample_epochs=2, log=lines.append,
     )
     stored = load_results(str(tmp_path / "eval"))
     assert stored == json.loads(json.dumps(results))
@@ -84,7 +83,7 @@ def test_unusable_samples_are_listed_not_dropped_silently(digit_folders, tmp_pat
     lines = []
     results = evaluate(
         "digits", f["synthetic"], refined, f["test"], str(tmp_path / "eval"), seeds=1,
-        settings=downstream.TrainSettings(steps=3, batch_size=8), two_sample_settings=QUICK_TWO_SAMPLE,
+        settings=downstream.TrainSettings(steps=3, batch_size=8), two_sample_epochs=2,
         log=lines.append,
     )
     listed = {(p["shard"], p["key"], p["kind"]) for p in results["problems"]["refined"]}
@@ -100,7 +99,7 @@ def test_gaze_evaluation_reports_angle_error_and_share_within(tmp_path):
     test = write_eyes(tmp_path / "test", 80, seed=4, style="soft")
     results = evaluate(
         "gaze", synthetic, refined, test, str(tmp_path / "eval"), real_train_dir=train, seeds=1,
-        settings=QUICK, two_sample_settings=QUICK_TWO_SAMPLE, log=lambda line: None,
+        settings=QUICK, two_sample_epochs=2, log=lambda line: None,
     )
     scores = results["downstream"]["refined"]
     assert set(scores) == {"mean_angle_error"} | {f"within_{d}" for d in range(5, 26)}
@@ -129,11 +128,11 @@ def test_cli_runs_and_prints_the_verdict(digit_folders, tmp_path):
     f = digit_folders
     result = CliRunner().invoke(main, [
         "evaluate", "--task", "digits", "--synthetic", f["synthetic"], "--refined", f["refined"],
-        "--real-test", f["test"], "--seeds", "1", "--steps", "5", "--two-sample-steps", "5", "--out", str(tmp_path / "e"),
+        "--real-test", f["test"], "--seeds", "1", "--steps", "5", "--two-sample-epochs", "1", "--out", str(tmp_path / "e"),
     ])
     assert result.exit_code == 0, result.output
     assert "accuracy on real held-out digits" in result.output
     stored = load_results(str(tmp_path / "e"))
     assert stored["settings"]["steps"] == 5
-    assert stored["two_sample_settings"]["steps"] == 5
+    assert stored["two_sample_epochs"] == 1
     assert stored["command"].startswith("simgan ")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import sys
 
@@ -30,28 +29,25 @@ def _command_line() -> str:
               help="Labelled real held-out shards every estimator is tested on.")
 @click.option("--seeds", default=3, show_default=True, help="Downstream seeds (mean and spread over them).")
 @click.option("--steps", type=int, default=None, help="Training steps per estimator [default: 400].")
-@click.option("--two-sample-steps", type=int, default=None,
-              help="Training steps of the real-vs-X classifier [default: 300].")
+@click.option("--two-sample-epochs", type=int, default=None,
+              help="Training epochs of the real-vs-X classifier [default: 8].")
 @click.option("--gaze-model", type=click.Choice(sorted(downstream.GAZE_SPECS)), default="paper",
               show_default=True, help="Gaze CNN width (paper = the network of Shrivastava et al.).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for results.json.")
-def evaluate(task, synthetic_dir, refined_dir, real_train_dir, real_test_dir, seeds, steps, two_sample_steps, gaze_model,
-             out_dir):
+def evaluate(task, synthetic_dir, refined_dir, real_train_dir, real_test_dir, seeds, steps, two_sample_epochs,
+             gaze_model, out_dir):
     """Train the same downstream estimator on synthetic, refined (and real) shards; test on real."""
     from pipeline.evaluation.evaluate import evaluate as run_evaluation
-    from pipeline.evaluation.realism import TWO_SAMPLE_SETTINGS
+    from pipeline.evaluation.realism import TWO_SAMPLE_EPOCHS
     from pipeline.evaluation.report import summary_lines
 
     defaults = downstream.TrainSettings()
     settings = downstream.TrainSettings(steps=steps or defaults.steps, gaze_model=gaze_model)
-    two_sample = TWO_SAMPLE_SETTINGS
-    if two_sample_steps:
-        two_sample = dataclasses.replace(TWO_SAMPLE_SETTINGS, steps=two_sample_steps)
     results = run_evaluation(
         task, synthetic_dir, refined_dir, real_test_dir, out_dir, real_train_dir=real_train_dir,
-        seeds=seeds, settings=settings, two_sample_settings=two_sample, command=_command_line(),
-        log=click.echo,
+        seeds=seeds, settings=settings, two_sample_epochs=two_sample_epochs or TWO_SAMPLE_EPOCHS,
+        command=_command_line(), log=click.echo,
     )
     for line in summary_lines(results):
         click.echo(line)

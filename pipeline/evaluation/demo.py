@@ -41,7 +41,7 @@ class DemoSettings:
     local_training: bool = False  # False: Ray Train, as `simgan train` runs by default
     seeds: int = 3
     evaluation: downstream.TrainSettings = downstream.TrainSettings()
-    two_sample: downstream.TrainSettings = realism.TWO_SAMPLE_SETTINGS
+    two_sample_epochs: int = realism.TWO_SAMPLE_EPOCHS
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -74,7 +74,7 @@ def commands_for(out: str, settings: DemoSettings, preset: str | None) -> dict[s
     evaluate_cmd = ["simgan", "evaluate", "--task", "digits", "--synthetic", d["synthetic"],
                     "--refined", d["refined"], "--real-train", os.path.join(real, "train"),
                     "--real-test", os.path.join(real, "test"), "--seeds", settings.seeds,
-                    "--steps", ev.steps, "--two-sample-steps", settings.two_sample.steps,
+                    "--steps", ev.steps, "--two-sample-epochs", settings.two_sample_epochs,
                     "--out", d["evaluation"]]
     return {
         "demo": _quote(["simgan", "demo", "--out", out] + (["--preset", preset] if preset else [])),
@@ -127,7 +127,8 @@ def run_demo(
     os.makedirs(out, exist_ok=True)
     state = _load_state(out, settings, overwrite)
     commands = commands_for(out, settings, preset)
-    d = {name: os.path.join(out, name) for name in FOLDERS}
+    # Absolute paths for the work itself: Ray workers run in folders of their own.
+    d = {name: os.path.join(os.path.abspath(out), name) for name in FOLDERS}
     real = {name: os.path.join(d["real"], name) for name in ("unlabelled", "train", "test")}
     refiner_path = os.path.join(d["run"], "refiner.safetensors")
     began = time.perf_counter()
@@ -169,7 +170,7 @@ def run_demo(
     def evaluate_step():
         results = evaluate("digits", d["synthetic"], d["refined"], real["test"], d["evaluation"],
                            real_train_dir=real["train"], seeds=settings.seeds, settings=settings.evaluation,
-                           two_sample_settings=settings.two_sample, command=commands["evaluate"], log=log)
+                           two_sample_epochs=settings.two_sample_epochs, command=commands["evaluate"], log=log)
         for line in summary_lines(results):
             log(line)
 

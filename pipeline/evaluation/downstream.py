@@ -22,8 +22,7 @@ from torch.nn import functional as F
 
 
 class DigitsCNN(nn.Module):
-    """Two conv blocks and a small head; about 0.1 M parameters, CPU-fast on 28x28.
-    Also the two-sample test's real-vs-other classifier (2 classes, any image size)."""
+    """Two conv blocks and a small head; about 0.1 M parameters, CPU-fast on 28x28."""
 
     def __init__(self, channels: int = 1, classes: int = 10, height: int = 28, width: int = 28):
         super().__init__()
@@ -109,8 +108,7 @@ class TrainSettings:
 
 
 TASKS = ("digits", "gaze")
-# Classification tasks and their class counts; "real_vs_other" is the two-sample test.
-CLASSES = {"digits": 10, "real_vs_other": 2}
+CLASSES = {"digits": 10}  # classification tasks and their class counts
 
 
 def build_model(task: str, shape: tuple[int, int, int], settings: TrainSettings) -> nn.Module:

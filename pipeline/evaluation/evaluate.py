@@ -74,7 +74,7 @@ def evaluate(
     real_train_dir: str | None = None,
     seeds: int = 3,
     settings: downstream.TrainSettings | None = None,
-    two_sample_settings: downstream.TrainSettings = realism.TWO_SAMPLE_SETTINGS,
+    two_sample_epochs: int = realism.TWO_SAMPLE_EPOCHS,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -119,7 +119,7 @@ def evaluate(
                 f"{headline} {downstream_scores[name][-1][headline]:.4f} ({time.time() - tick:.1f} s)")
         for name, data in sources.items():
             two_sample[name].append({"accuracy": realism.two_sample_accuracy(
-                test.images, data.images, seed, two_sample_settings)})
+                test.images, data.images, seed=seed, epochs=two_sample_epochs)})
         log(f"[evaluate] seed {seed + 1}/{seeds}: two-sample accuracy "
             + ", ".join(f"real vs {n} {v[-1]['accuracy']:.3f}" for n, v in two_sample.items()))
         if REAL in models:
@@ -135,7 +135,7 @@ def evaluate(
         "task": task,
         "seeds": list(range(seeds)),
         "settings": settings.to_dict(),
-        "two_sample_settings": two_sample_settings.to_dict(),
+        "two_sample_epochs": two_sample_epochs,
         "headline": {"metric": HEADLINE[task][0], "higher_is_better": HEADLINE[task][1]},
         "folders": {**folders, "real-test": real_test_dir},
         "counts": {**{n: len(d) for n, d in sources.items()}, "real-test": len(test)},

@@ -15,33 +15,12 @@ import numpy as np
 from torch import nn
 
 from pipeline.evaluation import downstream, metrics
+from pipeline.training import realism as training_realism
 
-# No augmentation for the two-sample classifier: shifts and brightness changes would
-# blur exactly the local statistics it has to find.
-TWO_SAMPLE_SETTINGS = downstream.TrainSettings(steps=300, batch_size=64, shift=0, jitter=0.0)
-
-
-def two_sample_accuracy(
-    real: np.ndarray, other: np.ndarray, seed: int, settings: downstream.TrainSettings = TWO_SAMPLE_SETTINGS
-) -> float:
-    """Held-out accuracy of a classifier trained to tell `real` from `other`.
-
-    Both sets are cut to the same size (so 50 % is chance) and split in halves: one to
-    train on, one to score.
-    """
-    rng = np.random.default_rng(seed)
-    n = min(len(real), len(other))
-    if n < 4:
-        raise ValueError(f"the two-sample test needs at least 4 images per side, got {n}")
-    real = real[rng.permutation(len(real))[:n]]
-    other = other[rng.permutation(len(other))[:n]]
-    half = n // 2
-    train_x = np.concatenate([real[:half], other[:half]])
-    train_y = np.concatenate([np.zeros(half, np.int64), np.ones(half, np.int64)])
-    test_x = np.concatenate([real[half:], other[half:]])
-    test_y = np.concatenate([np.zeros(n - half, np.int64), np.ones(n - half, np.int64)])
-    model = downstream.train_estimator("real_vs_other", train_x, train_y, seed, settings)
-    return metrics.accuracy(downstream.predict(model, test_x), test_y)
+# The two-sample test is the training package's realism check, shared so the demo's
+# training report and this evaluation measure realism the same way.
+two_sample_accuracy = training_realism.two_sample_accuracy
+TWO_SAMPLE_EPOCHS = 8
 
 
 def label_agreement(task: str, real_model: nn.Module, images: np.ndarray, targets: np.ndarray) -> float:
