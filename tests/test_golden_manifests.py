@@ -7,6 +7,8 @@ image hashes are not compared (see manifests/regenerate.py for why).
 import importlib.util
 import os
 
+import pytest
+
 from pipeline import manifest
 from pipeline.refine.diff import diff_manifests
 from pipeline.refiner_file import read_refiner_info
@@ -18,6 +20,7 @@ regenerate = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(regenerate)
 
 
+@pytest.mark.slow
 def test_regenerated_manifests_match_golden(tmp_path, ray_local):  # noqa: F811
     refined = regenerate.regenerate(str(tmp_path))
     result = diff_manifests(regenerate.GOLDEN, refined, check_hashes=True, hash_columns=regenerate.REPRODUCIBLE_HASHES)
