@@ -66,7 +66,7 @@ def ray_local():
     """One local 2-CPU Ray for a whole test module; refine_dataset reuses it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield
     finally:

@@ -180,7 +180,14 @@ def _run_pipeline(todo, writer, refiner_path, geometry, batch_size, address, dev
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # Without an address: the cluster a `ray job submit` runs us in (RAY_ADDRESS), else
+        # a fresh local Ray; never whichever cluster another process left running here.
+        ray.init(
+            address=address or os.environ.get("RAY_ADDRESS") or "local",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     context = ray.data.DataContext.get_current()
     saved = (context.execution_options.preserve_order, context.enable_progress_bars)
     try:

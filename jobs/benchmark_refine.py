@@ -1,0 +1,175 @@
+"""Benchmark: refine N synthetic digit images end to end, and the bare forward pass.
+
+    python jobs/benchmark_refine.py --images 20000
+    python jobs/benchmark_refine.py --images 100000
+
+Prints, for the same refiner, batch size and machine:
+- bare forward: images/s of the refiner alone on float tensors already in memory
+  (torch's default threads, i.e. every core), over `--forward-images` images;
+- end to end: images/s of `refine_dataset` (read + decode, refine in the actor pool,
+  encode, write tars and manifests), timed from the call to its return with Ray already
+  started (a cluster is normally up before a job; Ray's own start-up is printed apart);
+- their ratio;
+- peak memory: the largest sum, over the driver and every process it started (Ray's
+  GCS, raylet and workers), of RSS and of PSS, sampled from /proc every 0.2 s. RSS counts
+  shared pages (torch's libraries, the object store) once per process; PSS splits them
+  between the processes, so its sum is the better estimate of real use.
+
+Images come from the digits simulator: a pool of distinct rendered digits cycled with
+unique keys, written as shards through `pipeline.dataset.write_labelled_shard`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.data import digits  # noqa: E402
+from pipeline.dataset import write_labelled_shard  # noqa: E402
+from pipeline.models import Refiner, refiner_preset  # noqa: E402
+from pipeline.refiner_file import load_refiner, save_refiner  # noqa: E402
+from pipeline.refine.stage import to_tensor  # noqa: E402
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        tree.setdefault(parent, []).append(int(pid))
+    return tree
+
+
+def _tree(root: int) -> list[int]:
+    tree, todo, found = _children(), [root], []
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += tree.get(pid, [])
+    return found
+
+
+def _kib(pid: int, path: str, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/{path}") as handle:
+            for line in handle:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class PeakMemory:
+    """Peak of the summed RSS and PSS of this process and its descendants."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.peak_rss = self.peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            pids = _tree(os.getpid())
+            self.peak_rss = max(self.peak_rss, sum(_kib(p, "status", "VmRSS:") for p in pids))
+            self.peak_pss = max(self.peak_pss, sum(_kib(p, "smaps_rollup", "Pss:") for p in pids))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def make_inputs(folder: str, images: int, per_shard: int, pool_size: int = 2000) -> None:
+    rng = np.random.default_rng(0)
+    fonts = digits.usable_fonts()
+    pool = [digits.sample(rng, fonts) for _ in range(min(pool_size, images))]
+    for start in range(0, images, per_shard):
+        count = min(per_shard, images - start)
+        samples = [(f"bench-{i:08d}", *pool[i % len(pool)]) for i in range(start, start + count)]
+        write_labelled_shard(folder, f"bench-{start // per_shard:06d}.tar", samples)
+
+
+def bare_forward(refiner_path: str, images: np.ndarray, batch_size: int) -> float:
+    refiner, _ = load_refiner(refiner_path)
+    batches = [to_tensor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    with torch.inference_mode():
+        refiner(batches[0])  # warm-up
+        start = time.perf_counter()
+        for batch in batches:
+            refiner(batch)
+    return len(images) / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--per-shard", type=int, default=1000)
+    parser.add_argument("--preset", default="digits", help="refiner preset (28x28 grey digits)")
+    parser.add_argument("--forward-images", type=int, default=5120, help="images timed for the bare forward pass")
+    parser.add_argument("--workdir", default=None, help="default: a temporary folder, removed afterwards")
+    args = parser.parse_args()
+
+    import ray
+
+    from pipeline.refine import refine_dataset
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-refine-")
+    try:
+        in_dir, out_dir = os.path.join(workdir, "in"), os.path.join(workdir, "out")
+        refiner_path = os.path.join(workdir, "refiner.safetensors")
+        torch.manual_seed(0)
+        save_refiner(refiner_path, Refiner(refiner_preset(args.preset)), args.preset, 28, 28, 8)
+        started = time.perf_counter()
+        make_inputs(in_dir, args.images, args.per_shard)
+        print(f"inputs: {args.images} images in {-(-args.images // args.per_shard)} shards, "
+              f"written in {time.perf_counter() - started:.1f} s", flush=True)
+
+        pool = np.stack([digits.sample(np.random.default_rng(1), digits.usable_fonts())[0] for _ in range(256)])
+        sample = np.resize(pool, (args.forward_images, 28, 28))
+        forward = bare_forward(refiner_path, sample, args.batch_size)
+        print(f"bare forward: {forward:.1f} images/s (batch {args.batch_size}, {torch.get_num_threads()} threads)", flush=True)
+
+        started = time.perf_counter()
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        print(f"ray start-up: {time.perf_counter() - started:.1f} s", flush=True)
+        try:
+            with PeakMemory() as memory:
+                started = time.perf_counter()
+                summary = refine_dataset(in_dir, out_dir, refiner_path, batch_size=args.batch_size, stream=open(os.devnull, "w"))
+                wall = time.perf_counter() - started
+        finally:
+            ray.shutdown()
+        end_to_end = summary["ok"] / wall
+        print(f"end to end: {end_to_end:.1f} images/s ({summary['ok']} of {summary['samples']} images in {wall:.1f} s)")
+        print(f"ratio end-to-end / bare forward: {end_to_end / forward:.2f}")
+        print(f"peak memory, driver + Ray processes: RSS sum {memory.peak_rss / 1024:.0f} MiB, "
+              f"PSS sum {memory.peak_pss / 1024:.0f} MiB")
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min) at the end")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
