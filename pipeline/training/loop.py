@@ -41,7 +41,8 @@ def run_steps(
         images = images_per_step(config, state.step)
         metrics = train_step(state, config, synthetic, real, rank)
         if outputs is not None:
-            outputs.record(metrics, images * _world_size())
+            metrics["workers"] = _world_size()
+            outputs.record(metrics, images * metrics["workers"])
             if state.step % config.sample_every == 0 or state.step == config.total_steps:
                 write_grid(outputs.run_dir, state.step, unwrap(state.refiner), synthetic, real)
         if state.step % config.checkpoint_every == 0 or state.step == end:
