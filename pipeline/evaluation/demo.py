@@ -150,6 +150,8 @@ def run_demo(
 
         train(d["synthetic"], real["unlabelled"], d["run"], preset=settings.train_preset,
               overrides=dict(settings.train_overrides) or None, local=settings.local_training)
+        # Refinement is a separate Ray job, as when the commands are run one by one.
+        _shutdown_ray()
 
     def refine_step():
         from pipeline.refine import refine_dataset
