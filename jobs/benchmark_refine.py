@@ -9,9 +9,10 @@ Prints, for the same refiner, batch size and machine:
 - end to end: images/s of `refine_dataset` (read + decode, refine in the actor pool,
   encode, write tars and manifests), timed from the call to its return with Ray already
   started (a cluster is normally up before a job; Ray's own start-up is printed apart);
-- their ratio;
+- their ratio, and the same comparison in CPU time per image (summed over every
+  process), which other load on a shared machine disturbs far less than wall time;
 - peak memory: the largest sum, over the driver and every process it started (Ray's
-  GCS, raylet and workers), of RSS and of PSS, sampled from /proc every 0.2 s. RSS counts
+  GCS, raylet and workers), of RSS and of PSS, sampled from /proc every 0.5 s. RSS counts
   shared pages (torch's libraries, the object store) once per process; PSS splits them
   between the processes, so its sum is the better estimate of real use.
 
@@ -73,12 +74,25 @@ def _kib(pid: int, path: str, field: str) -> int:
     return 0
 
 
-class PeakMemory:
-    """Peak of the summed RSS and PSS of this process and its descendants."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
-    def __init__(self, interval: float = 0.2):
+
+class PeakMemory:
+    """Peak of the summed RSS and PSS of this process and its descendants, and the CPU
+    time they used while it ran (last value seen per process, minus the value at start)."""
+
+    def __init__(self, interval: float = 0.5):
         self.interval = interval
         self.peak_rss = self.peak_pss = 0
+        self._cpu_start = {pid: _cpu_seconds(pid) for pid in _tree(os.getpid())}
+        self._cpu_last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -87,7 +101,23 @@ class PeakMemory:
             pids = _tree(os.getpid())
             self.peak_rss = max(self.peak_rss, sum(_kib(p, "status", "VmRSS:") for p in pids))
             self.peak_pss = max(self.peak_pss, sum(_kib(p, "smaps_rollup", "Pss:") for p in pids))
+            self._cpu_last.update((p, _cpu_seconds(p)) for p in pids)
             self._stop.wait(self.interval)
+
+    def cpu_by_process(self, top: int = 6) -> list[tuple[str, float]]:
+        used = []
+        for pid, last in self._cpu_last.items():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    name = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()[:40]
+            except OSError:
+                name = f"pid {pid} (ended)"
+            used.append((name, last - self._cpu_start.get(pid, 0.0)))
+        return sorted(used, key=lambda item: -item[1])[:top]
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(last - self._cpu_start.get(pid, 0.0) for pid, last in self._cpu_last.items())
 
     def __enter__(self):
         self._thread.start()
@@ -108,15 +138,16 @@ def make_inputs(folder: str, images: int, per_shard: int, pool_size: int = 2000)
         write_labelled_shard(folder, f"bench-{start // per_shard:06d}.tar", samples)
 
 
-def bare_forward(refiner_path: str, images: np.ndarray, batch_size: int) -> float:
+def bare_forward(refiner_path: str, images: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(images/s, CPU seconds per image) of the refiner alone."""
     refiner, _ = load_refiner(refiner_path)
     batches = [to_tensor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     with torch.inference_mode():
         refiner(batches[0])  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for batch in batches:
             refiner(batch)
-    return len(images) / (time.perf_counter() - start)
+    return len(images) / (time.perf_counter() - start), (time.process_time() - cpu) / len(images)
 
 
 def main() -> int:
@@ -146,8 +177,9 @@ def main() -> int:
 
         pool = np.stack([digits.sample(np.random.default_rng(1), digits.usable_fonts())[0] for _ in range(256)])
         sample = np.resize(pool, (args.forward_images, 28, 28))
-        forward = bare_forward(refiner_path, sample, args.batch_size)
-        print(f"bare forward: {forward:.1f} images/s (batch {args.batch_size}, {torch.get_num_threads()} threads)", flush=True)
+        forward, forward_cpu = bare_forward(refiner_path, sample, args.batch_size)
+        print(f"bare forward: {forward:.1f} images/s, {forward_cpu * 1000:.2f} CPU ms/image "
+              f"(batch {args.batch_size}, {torch.get_num_threads()} threads)", flush=True)
 
         started = time.perf_counter()
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -162,6 +194,13 @@ def main() -> int:
         end_to_end = summary["ok"] / wall
         print(f"end to end: {end_to_end:.1f} images/s ({summary['ok']} of {summary['samples']} images in {wall:.1f} s)")
         print(f"ratio end-to-end / bare forward: {end_to_end / forward:.2f}")
+        # CPU time is much less sensitive than wall time to other load on a shared machine.
+        e2e_cpu = memory.cpu_seconds / summary["ok"]
+        print(f"CPU time: end to end {e2e_cpu * 1000:.2f} ms/image (all processes), bare forward "
+              f"{forward_cpu * 1000:.2f} ms/image; ratio bare / end to end {forward_cpu / e2e_cpu:.2f}")
+        print("CPU seconds by process: " + ", ".join(f"{name} {sec:.1f}" for name, sec in memory.cpu_by_process()))
+        again, _ = bare_forward(refiner_path, sample, args.batch_size)
+        print(f"bare forward measured again after the run: {again:.1f} images/s")
         print(f"peak memory, driver + Ray processes: RSS sum {memory.peak_rss / 1024:.0f} MiB, "
               f"PSS sum {memory.peak_pss / 1024:.0f} MiB")
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min) at the end")
