@@ -158,3 +158,19 @@ def test_refuses_unusable_refiner_before_any_work(data, tmp_path, make, message)
 def _write(path, data):
     path.write_bytes(data)
     return str(path)
+
+
+def test_resource_plan_never_gives_every_cpu_to_refiner_actors():
+    from pipeline.errors import UserError
+    from pipeline.refine.job import LIGHT_TASK_CPUS, plan_resources
+
+    small = plan_resources({"CPU": 2.0}, None)
+    assert (small["device"], small["actors"], small["num_cpus"]) == ("cpu", 1, 1)
+    assert 2 - small["actors"] * small["num_cpus"] >= 2 * LIGHT_TASK_CPUS  # a read and an encode task fit
+    big = plan_resources({"CPU": 16.0}, None)
+    assert big["actors"] == 12 and big["threads"] == 1
+    gpu = plan_resources({"CPU": 8.0, "GPU": 2.0}, None)
+    assert (gpu["device"], gpu["actors"], gpu["num_gpus"]) == ("cuda", 2, 1)
+    assert plan_resources({"CPU": 8.0, "GPU": 2.0}, "cpu")["device"] == "cpu"
+    with pytest.raises(UserError, match="no GPU"):
+        plan_resources({"CPU": 2.0}, "cuda")
