@@ -143,7 +143,8 @@ def run_ray(
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    run_dir = os.path.abspath(run_dir)
+    # Ray tasks run in other working directories: every path they get must be absolute.
+    run_dir, synthetic_dir, real_dir = (os.path.abspath(p) for p in (run_dir, synthetic_dir, real_dir))
     started = _start_ray(address)
     try:
         synthetic, geometry = image_dataset(synthetic_dir, "synthetic", run_dir)
