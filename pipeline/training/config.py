@@ -67,9 +67,21 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # CPU demo on 28x28 digits: sized to finish within 10 minutes on two cores
-    # (the dataclass defaults are this preset).
-    "digits": {},
+    # CPU demo on 28x28 digits, sized to finish within 10 minutes on two cores.
+    # A patch D barely separates raw font digits from MNIST after 30 steps (loss
+    # 1.25 of 1.39) and a refiner updated twice per D step then wins at once by
+    # hollowing or erasing bold strokes. A longer D pre-training, two D updates per
+    # refiner update, a 10x faster D and lambda 1.0 keep D ahead (loss_d ~0.8) and the
+    # digits intact.
+    "digits": {
+        "pretrain_discriminator_steps": 200,
+        "iterations": 300,
+        "k_g": 1,
+        "k_d": 2,
+        "lr_refiner": 1e-4,
+        "lr_discriminator": 1e-3,
+        "self_reg_weight": 1.0,
+    },
     # CPU demo on 35x55 eyes.
     "eyes": {"model": "eyes"},
     # The paper's values (Shrivastava et al. 2017, section 4).
