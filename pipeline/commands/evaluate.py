@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 
 import click
 
@@ -11,8 +10,24 @@ from pipeline.evaluation import downstream
 
 
 def _command_line() -> str:
-    """The command as typed, for the results and the report."""
-    return " ".join(shlex.quote(part) for part in ["simgan", *sys.argv[1:]])
+    """The running command with every option it was given, for the results and the report.
+
+    Rebuilt from click's parsed parameters rather than sys.argv, which holds something
+    else when the command is invoked from Python (a test runner, the demo).
+    """
+    ctx = click.get_current_context()
+    parts = ["simgan", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if not isinstance(param, click.Option) or value is None or value == () or value is False:
+            continue
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            parts.append(flag)
+            continue
+        for item in value if param.multiple else [value]:
+            parts += [flag, str(item)]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 @click.command()
