@@ -20,6 +20,8 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import tar_file_iterator
 
+from pipeline.errors import UserError
+
 IMAGE_EXT = "png"
 LABEL_EXT = "json"
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -207,6 +209,19 @@ def list_shards(folder: str) -> list[str]:
     return sorted(
         os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".tar")
     )
+
+
+def require_shards(folder: str, role: str = "") -> list[str]:
+    """`list_shards` for a folder the user named: a missing folder, or one without
+    shards, is a UserError naming it (and its `role`, e.g. "synthetic")."""
+    what = f"{role} folder" if role else "folder"
+    try:
+        paths = list_shards(folder)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {folder}") from None
+    if not paths:
+        raise UserError(f"{what} {folder} holds no .tar shards")
+    return paths
 
 
 # ---------------------------------------------------------------- reading

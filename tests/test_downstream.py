@@ -137,7 +137,7 @@ def test_load_folder_records_unusable_samples_with_shard_and_key(tmp_path):
 def test_load_folder_refuses_an_empty_or_missing_folder(tmp_path):
     from pipeline.errors import UserError
 
-    with pytest.raises(UserError, match="no such folder"):
+    with pytest.raises(UserError, match="folder not found"):
         images.load_folder(str(tmp_path / "absent"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no .tar shards"):

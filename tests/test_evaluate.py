@@ -116,7 +116,7 @@ def test_cli_refuses_bad_folders_with_a_clear_message(digit_folders, tmp_path):
     missing = runner.invoke(main, ["evaluate", "--synthetic", str(tmp_path / "nope"), "--refined", f["refined"],
                                    "--real-test", f["test"], "--out", str(tmp_path / "e")])
     assert missing.exit_code == 1
-    assert "no such folder" in missing.output and "Traceback" not in missing.output
+    assert "folder not found" in missing.output and "Traceback" not in missing.output
     eyes = write_eyes(tmp_path / "eyes", 10, seed=0)
     mixed = runner.invoke(main, ["evaluate", "--synthetic", f["synthetic"], "--refined", f["refined"],
                                  "--real-test", eyes, "--out", str(tmp_path / "e")])

@@ -140,7 +140,7 @@ def test_cli_reports_every_shard_and_exits_1_without_traceback(broken):
 
 def test_cli_explains_a_missing_or_empty_folder(tmp_path):
     result = CliRunner().invoke(main, ["validate-shards", str(tmp_path / "nope")])
-    assert result.exit_code != 0 and "no such folder" in result.output
+    assert result.exit_code != 0 and "folder not found" in result.output
     result = CliRunner().invoke(main, ["validate-shards", str(tmp_path)])
     assert result.exit_code != 0 and "holds no .tar shards" in result.output
     assert "Traceback" not in result.output

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline import shards
-from pipeline.errors import UserError
 from pipeline.shards import Problem
 
 
@@ -41,12 +40,7 @@ def describe_geometry(geometry: tuple[int, int, int, int]) -> str:
 def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> FolderReport:
     """Read every shard of `folder` and report what is wrong; raises UserError only when
     the folder itself is missing or holds no shards."""
-    try:
-        paths = shards.list_shards(folder)
-    except FileNotFoundError:
-        raise UserError(f"no such folder: {folder}") from None
-    if not paths:
-        raise UserError(f"{folder} holds no .tar shards")
+    paths = shards.require_shards(folder)
     report = FolderReport(folder, shards=len(paths))
     first_shard: dict[str, str] = {}  # key -> shard it first appeared in
     # Decoded samples: (shard, key, geometry, is a cross-shard duplicate); the geometry

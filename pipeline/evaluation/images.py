@@ -56,12 +56,7 @@ def load_folder(folder: str, limit: int | None = None, require: str | None = Non
     is recorded as a problem. Images of a size other than the first one's are recorded
     too, since one estimator cannot take both.
     """
-    try:
-        paths = shards.list_shards(folder)
-    except FileNotFoundError:
-        raise UserError(f"no such folder: {folder}") from None
-    if not paths:
-        raise UserError(f"{folder} holds no .tar shards")
+    paths = shards.require_shards(folder)
     images, labels, keys, names, problems = [], [], [], [], []
     for path in paths:
         for item in shards.iter_shard(path):

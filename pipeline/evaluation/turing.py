@@ -40,10 +40,7 @@ class Item:
 
 
 def _keys(folder: str) -> list[tuple[str, str]]:
-    try:
-        paths = shards.list_shards(folder)
-    except FileNotFoundError:
-        raise UserError(f"no such folder: {folder}") from None
+    paths = shards.require_shards(folder)
     found = [(item.shard, item.key) for path in paths for item in shards.iter_shard(path)
              if isinstance(item, shards.RawSample)]
     if not found:

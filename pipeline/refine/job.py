@@ -124,12 +124,7 @@ def refine_dataset(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     _, info = load_refiner(refiner_path)  # refuses missing, foreign or damaged files
-    try:
-        paths = shards.list_shards(in_dir)
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from None
-    if not paths:
-        raise UserError(f"no .tar shards in {in_dir}")
+    paths = shards.require_shards(in_dir, "--in")
     if os.path.realpath(in_dir) == os.path.realpath(out_dir):
         raise UserError("--out must be a different folder from --in (inputs are never overwritten)")
     expected = (info.height, info.width, info.channels, info.bit_depth)

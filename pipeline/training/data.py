@@ -61,13 +61,7 @@ def iter_images(
 
 
 def folder_shards(folder: str, role: str) -> list[str]:
-    try:
-        paths = shards.list_shards(folder)
-    except FileNotFoundError:
-        raise UserError(f"{role} folder not found: {folder}") from None
-    if not paths:
-        raise UserError(f"{role} folder {folder} holds no .tar shards")
-    return paths
+    return shards.require_shards(folder, role)
 
 
 def first_geometry(paths: list[str], role: str) -> Geometry:
