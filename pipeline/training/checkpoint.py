@@ -12,7 +12,7 @@ import os
 import re
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.errors import UserError
@@ -99,8 +99,6 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     _refuse_pickle(path)
     try:
         tensors = load_file(path)
-        from safetensors import safe_open
-
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:

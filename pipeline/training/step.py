@@ -128,6 +128,20 @@ def frozen(model: nn.Module):
             p.requires_grad_(True)
 
 
+def _optimise(loss, model: nn.Module, optimiser, average: HistoricalAverage | None, config: TrainConfig):
+    """One update of `model`: the historical-averaging penalty joins the loss when that
+    stabiliser is on, and the running average follows the new weights. Returns the loss
+    that was minimised."""
+    if average is not None:
+        loss = loss + config.historical_averaging * average.penalty(unwrap(model))
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    if average is not None:
+        average.update(unwrap(model))
+    return loss
+
+
 def refiner_update(state: TrainState, config: TrainConfig, synthetic, real, generator, adversarial: bool) -> dict:
     x = draw(synthetic, config.batch_size, generator)
     refined = state.refiner(x)
@@ -150,13 +164,7 @@ def refiner_update(state: TrainState, config: TrainConfig, synthetic, real, gene
             loss = loss + adv
             metrics["loss_r_adv"] = adv.item()
             metrics["r_fools_d"] = (logits.argmax(dim=1) == REAL).float().mean().item()
-    if state.average_r is not None:
-        loss = loss + config.historical_averaging * state.average_r.penalty(unwrap(state.refiner))
-    state.opt_r.zero_grad(set_to_none=True)
-    loss.backward()
-    state.opt_r.step()
-    if state.average_r is not None:
-        state.average_r.update(unwrap(state.refiner))
+    loss = _optimise(loss, state.refiner, state.opt_r, state.average_r, config)
     metrics["loss_r"] = loss.item()
     return metrics
 
@@ -176,13 +184,7 @@ def discriminator_update(state: TrainState, config: TrainConfig, synthetic, real
     logits = state.discriminator(torch.cat([refined, y]), reference=state.reference)
     refined_logits, real_logits = logits[: len(refined)], logits[len(refined):]
     loss = losses.discriminator_loss(refined_logits, real_logits, config.label_smoothing)
-    if state.average_d is not None:
-        loss = loss + config.historical_averaging * state.average_d.penalty(unwrap(state.discriminator))
-    state.opt_d.zero_grad(set_to_none=True)
-    loss.backward()
-    state.opt_d.step()
-    if state.average_d is not None:
-        state.average_d.update(unwrap(state.discriminator))
+    loss = _optimise(loss, state.discriminator, state.opt_d, state.average_d, config)
     state.history.add(current[:half], generator)
     with torch.no_grad():
         return {
