@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -53,14 +54,18 @@ def click(browser, element_id):
     """Click and wait until the browser has left the page (the next one has loaded)."""
     element = browser.find_element(By.ID, element_id)
     element.click()
-    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(element))
+    # While Chromium swaps documents, asking about the old element can fail with a transient
+    # protocol error instead of "stale"; such errors mean "not yet", so keep polling.
+    WebDriverWait(browser, 20, ignored_exceptions=(WebDriverException,)).until(
+        expected_conditions.staleness_of(element))
 
 
 def answer(browser, choice):
     """Click one answer button once the image has really loaded; returns the progress text."""
     progress = browser.find_element(By.ID, "progress").text
-    loaded = WebDriverWait(browser, 20).until(lambda b: b.execute_script(
-        "const i = document.getElementById('sample'); return i.complete && i.naturalWidth;"))
+    loaded = WebDriverWait(browser, 20, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script(
+            "const i = document.getElementById('sample'); return i.complete && i.naturalWidth;"))
     assert loaded == 28  # the PNG itself was served and decoded by the browser
     click(browser, choice)
     return progress
