@@ -59,19 +59,46 @@ def test_digit_classes_are_recognised_by_a_classifier_of_real_mnist(digit_sample
     assert accuracy > 0.35
 
 
-def test_digit_rendering_parameters_act_as_labelled():
+@pytest.mark.parametrize("rendering", digits.RENDERINGS)
+def test_digit_rendering_parameters_act_as_labelled(rendering):
     font = "DejaVuSans.ttf"
-    upright = digits.render(font, 1, 20.0, 0, 0.0, 0.0, 0, 0)
+
+    def render(stroke=0, shear=0.0, shift_x=0):
+        return digits.render(font, 1, 20.0, stroke, 0.0, shear, shift_x, 0, rendering=rendering)
+
+    upright = render()
     rows, cols = np.nonzero(upright > 127)
     assert np.ptp(rows) > 1.5 * np.ptp(cols)  # a "1" is tall and narrow: (H, W) not swapped
-    right = digits.render(font, 1, 20.0, 0, 0.0, 0.0, 2, 0)
+    right = render(shift_x=2)
     assert np.nonzero(right > 127)[1].mean() == pytest.approx(cols.mean() + 2, abs=0.6)
-    thick = digits.render(font, 1, 20.0, 5, 0.0, 0.0, 0, 0)
+    thick = render(stroke=5)
     assert (thick > 127).sum() > 1.3 * (upright > 127).sum()
     # Positive shear leans the top to the right.
-    leaning = digits.render(font, 1, 20.0, 0, 0.0, 0.25, 0, 0)
+    leaning = render(shear=0.25)
     r, c = np.nonzero(leaning > 127)
     assert c[r < 10].mean() > c[r > 18].mean() + 2
+
+
+def test_binary_and_antialiased_renderings_draw_the_same_digits():
+    fonts = digits.usable_fonts()
+    pairs = [
+        (digits.sample(np.random.default_rng(seed), fonts, "binary"), digits.sample(np.random.default_rng(seed), fonts, "antialiased"))
+        for seed in range(40)
+    ]
+    grey_levels = set()
+    for (hard, hard_labels), (soft, soft_labels) in pairs:
+        assert hard_labels["rendering"] == "binary" and soft_labels["rendering"] == "antialiased"
+        assert {k: v for k, v in hard_labels.items() if k != "rendering"} == {k: v for k, v in soft_labels.items() if k != "rendering"}
+        assert set(np.unique(hard)) <= {0, 255}  # no anti-aliasing at all
+        grey_levels |= set(np.unique(soft))
+        # Same geometry: every binary ink pixel is ink in the anti-aliased image, and the
+        # two agree on most pixels.
+        assert (soft[hard == 255] > 0).all()
+        assert ((hard == 255) == (soft > 127)).mean() > 0.95
+    assert len(grey_levels) > 50
+    assert digits.sample(np.random.default_rng(5), fonts)[1]["rendering"] == digits.DEFAULT_RENDERING == "binary"
+    with pytest.raises(ValueError, match="unknown rendering"):
+        digits.render("DejaVuSans.ttf", 1, 20.0, 0, 0.0, 0.0, 0, 0, rendering="blurry")
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +198,23 @@ def test_simulate_command_writes_shards_manifests_and_progress(tmp_path):
 
 
 def test_simulate_rejects_bad_arguments(tmp_path):
-    for kwargs in ({"kind": "hands"}, {"count": 0}, {"per_shard": 0}, {"workers": 0}, {"seed": -1}):
+    for kwargs in ({"kind": "hands"}, {"count": 0}, {"per_shard": 0}, {"workers": 0}, {"seed": -1},
+                   {"kind": "eyes", "rendering": "binary"}, {"rendering": "blurry"}):
         arguments = {"kind": "digits", "count": 5, "out_dir": str(tmp_path / "x"), **kwargs}
         with pytest.raises(UserError):
             simulate(**arguments, progress=None)
+
+
+def test_simulate_digits_rendering_option_reaches_images_labels_and_summary(tmp_path):
+    out = tmp_path / "soft"
+    result = CliRunner().invoke(main, ["simulate", "digits", "--count", "12", "--out", str(out), "--workers", "1",
+                                       "--rendering", "antialiased"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["rendering"] == "antialiased"
+    table = pd.read_parquet(out / "manifest.parquet")
+    assert set(table["label.rendering"]) == {"antialiased"}
+    images = list(shards.iter_shard(str(out / "digits-000000.tar")))
+    assert any(set(np.unique(shards.decode_png(s.image_bytes))) - {0, 255} for s in images)
+    refused = CliRunner().invoke(main, ["simulate", "eyes", "--count", "2", "--out", str(tmp_path / "e"),
+                                        "--rendering", "binary"])
+    assert refused.exit_code != 0 and "digits option" in refused.output and "Traceback" not in refused.output

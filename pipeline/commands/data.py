@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from pipeline.data import digits
 from pipeline.data import import_real as importers
 from pipeline.data import simulate as simulation
 from pipeline.data import validate
@@ -28,9 +29,12 @@ def _echo_summary(summary: dict) -> None:
 @click.option("--workers", type=int, default=None, help="Processes (default: one per CPU core).")
 @click.option("--per-shard", type=int, default=simulation.DEFAULT_PER_SHARD, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a previous dataset in --out.")
-def simulate(kind, count, out_dir, seed, workers, per_shard, overwrite):
+@click.option("--rendering", type=click.Choice(digits.RENDERINGS), default=None,
+              help=f"Digits only: {digits.RENDERINGS[0]} (no anti-aliasing; default) or "
+                   f"{digits.RENDERINGS[1]} (grey edges tuned towards MNIST).")
+def simulate(kind, count, out_dir, seed, workers, per_shard, overwrite, rendering):
     """Render COUNT labelled synthetic images of KIND (digits: 28x28, eyes: 35x55) as shards."""
-    summary = simulation.simulate(kind, count, out_dir, seed, workers, per_shard, overwrite)
+    summary = simulation.simulate(kind, count, out_dir, seed, workers, per_shard, overwrite, rendering=rendering)
     click.echo(
         f"{summary['samples']} {kind} images in {summary['shards']} shards -> {out_dir} "
         f"({summary['images_per_second']:.0f} images/s)"

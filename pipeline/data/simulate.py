@@ -44,9 +44,9 @@ def sample_key(kind: str, seed: int, index: int) -> str:
     return f"{kind}-s{seed}-{index:08d}"
 
 
-def _kind_setup(kind: str) -> tuple:
+def _kind_setup(kind: str, rendering: str | None) -> tuple:
     """What a worker needs to render `kind`, computed once in the parent."""
-    return digits.usable_fonts() if kind == "digits" else ()
+    return (digits.usable_fonts(), rendering or digits.DEFAULT_RENDERING) if kind == "digits" else ()
 
 
 def render_shard(task: tuple) -> tuple[int, int]:
@@ -55,7 +55,7 @@ def render_shard(task: tuple) -> tuple[int, int]:
     rng = shard_rng(seed, shard_index)
     samples = []
     for index in range(start, start + count):
-        image, labels = digits.sample(rng, setup) if kind == "digits" else eyes.sample(rng)
+        image, labels = digits.sample(rng, *setup) if kind == "digits" else eyes.sample(rng)
         samples.append((sample_key(kind, seed, index), image, labels))
     stats = write_labelled_shard(out_dir, shards.shard_name(kind, shard_index), samples)
     return shard_index, stats["samples"]
@@ -74,8 +74,11 @@ def simulate(
     per_shard: int = DEFAULT_PER_SHARD,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = _print_progress,
+    rendering: str | None = None,
 ) -> dict:
     """Write `count` simulated samples of `kind` as shards in `out_dir`; returns the summary.
+
+    `rendering` (digits only): one of `digits.RENDERINGS`, default `digits.DEFAULT_RENDERING`.
 
     The summary is the folder's `summary.json` plus the run's timing (`seconds`,
     `images_per_second`) and `workers`.
@@ -90,9 +93,13 @@ def simulate(
         raise UserError(f"--seed must be 0 or more, got {seed}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if rendering is not None and kind != "digits":
+        raise UserError(f"--rendering is a digits option; the {kind} simulator has one rendering")
+    if rendering is not None and rendering not in digits.RENDERINGS:
+        raise UserError(f"unknown --rendering {rendering!r}; choose one of {', '.join(digits.RENDERINGS)}")
     prepare_output(out_dir, kind, overwrite)
 
-    setup = _kind_setup(kind)
+    setup = _kind_setup(kind, rendering)
     starts = range(0, count, per_shard)
     tasks = [
         (kind, seed, index, start, min(per_shard, count - start), out_dir, setup)
@@ -125,7 +132,8 @@ def simulate(
                 report(finished)
     seconds = time.perf_counter() - began
     summary = manifest.write_dataset_manifest(
-        out_dir, {"kind": kind, "seed": seed, "count": count, "per_shard": per_shard}
+        out_dir, {"kind": kind, "seed": seed, "count": count, "per_shard": per_shard,
+                  **({"rendering": setup[1]} if kind == "digits" else {})}
     )
     summary.update(
         seconds=round(seconds, 3), images_per_second=round(count / seconds, 1), workers=workers
