@@ -8,7 +8,8 @@ import pytest
 from pipeline import manifest
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream
-from pipeline.evaluation.demo import DemoSettings, commands_for, run_demo
+from pipeline.commands.evaluate import DEMO_PRESETS
+from pipeline.evaluation.demo import PRESETS, DemoSettings, commands_for, run_demo
 
 TINY = DemoSettings(
     synthetic_count=120,
@@ -33,6 +34,8 @@ def test_demo_runs_every_step_then_continues(tmp_path):
                                    "refining the synthetic", "checking labels", "evaluating", "writing the report"], 1):
         assert f"[demo {number}/7] {step}" in text
     assert "result: no label drift" in text
+    synthetic = manifest.read_manifest(os.path.join(out, "synthetic"))
+    assert set(synthetic["label.rendering"]) == {TINY.rendering}
     assert os.path.isfile(os.path.join(out, "run", "refiner.safetensors"))
     refined = manifest.read_manifest(os.path.join(out, "refined"))
     assert len(refined) == 120 and set(refined["status"]) == {"ok"}
@@ -50,3 +53,10 @@ def test_demo_runs_every_step_then_continues(tmp_path):
     # Other settings in the same folder are refused rather than mixed in.
     with pytest.raises(UserError, match="other settings"):
         run_demo(out, settings=DemoSettings(**{**TINY.__dict__, "synthetic_count": 130}), log=again.append)
+
+
+def test_demo_presets_differ_only_in_the_simulator_rendering():
+    assert set(DEMO_PRESETS) == set(PRESETS)
+    assert {name: settings.rendering for name, settings in PRESETS.items()} == {"demo": "binary", "antialiased": "antialiased"}
+    assert PRESETS["antialiased"] == DemoSettings(rendering="antialiased")
+    assert "--rendering antialiased" in commands_for("d", PRESETS["antialiased"], "antialiased")["simulate"]
