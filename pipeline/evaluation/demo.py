@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from pipeline import manifest
+from pipeline.data.digits import DEFAULT_RENDERING
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream, realism
 from pipeline.evaluation.evaluate import evaluate
@@ -36,7 +37,7 @@ class DemoSettings:
     not change how the refiner is judged."""
 
     synthetic_count: int = 10000
-    rendering: str = "binary"  # the digit simulator's rendering (`simgan simulate --rendering`)
+    rendering: str = DEFAULT_RENDERING  # the digit simulator's (`simgan simulate --rendering`)
     train_preset: str = "digits"
     train_overrides: dict = field(default_factory=dict)
     local_training: bool = False  # False: Ray Train, as `simgan train` runs by default
