@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -90,8 +91,11 @@ def test_job_writes_run_outputs_resumes_and_exports_a_loadable_refiner(tmp_path,
     path = train(syn, real, run_dir, overrides=overrides, local=True)
     out = capsys.readouterr().out
     assert "resuming from" in out and "step-00000004" in out
-    for name in ("config.json", "metrics.jsonl", "loss_curves.png", "refiner.safetensors"):
+    for name in ("config.json", "metrics.jsonl", "loss_curves.png", "refiner.safetensors", "refiner_check.json"):
         assert os.path.exists(os.path.join(run_dir, name)), name
+    with open(os.path.join(run_dir, "refiner_check.json")) as handle:
+        check = json.load(handle)
+    assert check["collapsed"] is False and check["images"] > 0
     with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
         steps = [int(line.split('"step": ')[1].split(",")[0]) for line in handle]
     assert steps == list(range(8))  # steps 4-5, redone after the resume, appear once

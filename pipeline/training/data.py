@@ -100,6 +100,20 @@ def read_folder(folder: str, role: str, geometry: Geometry | None = None) -> Ima
     return ImageSet(np.stack([images[i] for i in order]), [keys[i] for i in order], geometry, problems)
 
 
+def first_images(folder: str, role: str, count: int, geometry: Geometry) -> np.ndarray:
+    """Up to `count` usable images from the first shards, in stored order (a small sample)."""
+    images = []
+    for path in folder_shards(folder, role):
+        for item in iter_images(path, geometry):
+            if not isinstance(item, shards.Problem):
+                images.append(item[1])
+                if len(images) == count:
+                    return np.stack(images)
+    if not images:
+        raise UserError(f"the {role} folder {folder} has no usable image")
+    return np.stack(images)
+
+
 def record_problems(run_dir: str, role: str, problems: list[shards.Problem]) -> None:
     """Append problems to RUN_DIR/data_problems.jsonl and say how many on the terminal."""
     if not problems:

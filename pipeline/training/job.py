@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -12,20 +13,28 @@ from pipeline.models import Refiner, refiner_preset
 from pipeline.refiner_file import save_refiner
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.config import TrainConfig, make_config, save_config
-from pipeline.training.data import PROBLEMS_FILE, Geometry, check_compatible, read_folder, record_problems
+from pipeline.training.collapse import refiner_check, write_check
+from pipeline.training.data import (PROBLEMS_FILE, Geometry, check_compatible, first_images, read_folder,
+                                    record_problems)
 from pipeline.training.loop import run_local
 from pipeline.training.outputs import plot_loss_curves
 
 REFINER_FILE = "refiner.safetensors"
+CHECK_IMAGES = 512  # synthetic images the collapse check refines
 
 
-def export_refiner(checkpoint_file: str, run_dir: str, config: TrainConfig, geometry: Geometry) -> str:
-    """RUN_DIR/refiner.safetensors from a checkpoint's refiner weights."""
+def export_refiner(checkpoint_file: str, run_dir: str, config: TrainConfig, geometry: Geometry,
+                   synthetic_sample) -> str:
+    """RUN_DIR/refiner.safetensors from a checkpoint's refiner weights, and its collapse check
+    (RUN_DIR/refiner_check.json; a loud warning when the refiner collapsed)."""
     tensors, _ = ckpt.read_checkpoint(checkpoint_file)
     refiner = Refiner(refiner_preset(config.model, geometry.channels))
     refiner.load_state_dict({k[len("refiner."):]: v for k, v in tensors.items() if k.startswith("refiner.")})
     path = os.path.join(run_dir, REFINER_FILE)
     save_refiner(path, refiner, config.model, geometry.height, geometry.width, geometry.bit_depth)
+    warning = write_check(run_dir, refiner_check(refiner, synthetic_sample))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return path
 
 
@@ -69,9 +78,11 @@ def train(
             run_dir, pick_device(), stop_after=stop_after,
         )
         geometry = synthetic.geometry
+        sample = synthetic.images[:CHECK_IMAGES]
     else:
         from pipeline.training.ray_job import run_ray
 
         last, geometry = run_ray(config, preset, synthetic_dir, real_dir, run_dir, workers, address, stop_after)
+        sample = first_images(synthetic_dir, "synthetic", CHECK_IMAGES, geometry)
     plot_loss_curves(run_dir)
-    return export_refiner(last, run_dir, config, geometry)
+    return export_refiner(last, run_dir, config, geometry, sample)
