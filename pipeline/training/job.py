@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import torch
 
 from pipeline.devices import pick_device
@@ -24,7 +25,7 @@ CHECK_IMAGES = 512  # synthetic images the collapse check refines
 
 
 def export_refiner(checkpoint_file: str, run_dir: str, config: TrainConfig, geometry: Geometry,
-                   synthetic_sample) -> str:
+                   synthetic_sample: np.ndarray) -> str:
     """RUN_DIR/refiner.safetensors from a checkpoint's refiner weights, and its collapse check
     (RUN_DIR/refiner_check.json; a loud warning when the refiner collapsed)."""
     tensors, _ = ckpt.read_checkpoint(checkpoint_file)
