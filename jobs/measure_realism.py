@@ -16,8 +16,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
+from pipeline.models import refine_array  # noqa: E402
 from pipeline.refiner_file import load_refiner  # noqa: E402
 from pipeline.training.data import read_folder  # noqa: E402
 from pipeline.training.realism import two_sample_accuracy  # noqa: E402
@@ -35,8 +35,7 @@ def main() -> None:
     real = read_folder(args.real, "real").images[: args.limit]
     synthetic = read_folder(args.synthetic, "synthetic").images[: args.limit]
     refiner, info = load_refiner(args.refiner)
-    with torch.no_grad():
-        refined = np.concatenate([refiner(torch.from_numpy(part)).numpy() for part in np.array_split(synthetic, max(1, len(synthetic) // 256))])
+    refined = refine_array(refiner, synthetic)
     raw_accuracy = two_sample_accuracy(real, synthetic, args.seed)
     refined_accuracy = two_sample_accuracy(real, refined, args.seed)
     print(f"refiner {info.content_hash[:12]} ({info.preset}), {len(real)} real, {len(synthetic)} synthetic images")

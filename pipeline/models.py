@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -75,6 +76,22 @@ class Refiner(nn.Module):
         h = F.relu(self.conv_in(x))
         delta = self.conv_out(self.blocks(h))
         return torch.sigmoid(torch.logit(x.clamp(self.EPS, 1 - self.EPS)) + delta)
+
+
+def refine_array(refiner: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Refine an N x C x H x W float array in [0, 1], `batch_size` images per forward pass.
+
+    For in-memory checks on float images; datasets of stored integer images go through
+    `pipeline.refine.stage.RefineStage`.
+    """
+    weight = next(refiner.parameters(), None)
+    device = weight.device if weight is not None else torch.device("cpu")
+    with torch.no_grad():
+        parts = [
+            refiner(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)).cpu().numpy()
+            for start in range(0, len(images), batch_size)
+        ]
+    return np.concatenate(parts)
 
 
 # A discriminator layer: ("conv", out_maps, kernel, stride, padding) or

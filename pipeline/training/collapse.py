@@ -16,6 +16,8 @@ import os
 import numpy as np
 import torch
 
+from pipeline.models import refine_array
+
 CHECK_FILE = "refiner_check.json"
 # A refiner that keeps less than this share of the synthetic images' contrast or
 # diversity is called collapsed. The demo's digit refiners keep 0.75-0.95 of both.
@@ -24,12 +26,7 @@ MIN_KEPT = 0.25
 
 def refiner_check(refiner: torch.nn.Module, synthetic: np.ndarray, batch_size: int = 256) -> dict:
     """Figures comparing `refiner(synthetic)` with `synthetic` (N x C x H x W in [0, 1])."""
-    refiner = refiner.eval()
-    with torch.no_grad():
-        refined = np.concatenate([
-            refiner(torch.from_numpy(np.ascontiguousarray(part))).cpu().numpy()
-            for part in np.array_split(synthetic, max(1, -(-len(synthetic) // batch_size)))
-        ])
+    refined = refine_array(refiner, synthetic, batch_size)
     figures = {
         "images": int(len(synthetic)),
         "synthetic_contrast": float(synthetic.std(axis=(1, 2, 3)).mean()),
