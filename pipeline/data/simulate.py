@@ -46,7 +46,7 @@ def sample_key(kind: str, seed: int, index: int) -> str:
 
 def _kind_setup(kind: str, rendering: str | None) -> tuple:
     """What a worker needs to render `kind`, computed once in the parent."""
-    return (digits.usable_fonts(), rendering or digits.DEFAULT_RENDERING) if kind == "digits" else ()
+    return (digits.usable_fonts(), rendering) if kind == "digits" else ()
 
 
 def render_shard(task: tuple) -> tuple[int, int]:
@@ -97,6 +97,8 @@ def simulate(
         raise UserError(f"--rendering is a digits option; the {kind} simulator has one rendering")
     if rendering is not None and rendering not in digits.RENDERINGS:
         raise UserError(f"unknown --rendering {rendering!r}; choose one of {', '.join(digits.RENDERINGS)}")
+    if kind == "digits":
+        rendering = rendering or digits.DEFAULT_RENDERING
     prepare_output(out_dir, kind, overwrite)
 
     setup = _kind_setup(kind, rendering)
@@ -133,7 +135,7 @@ def simulate(
     seconds = time.perf_counter() - began
     summary = manifest.write_dataset_manifest(
         out_dir, {"kind": kind, "seed": seed, "count": count, "per_shard": per_shard,
-                  **({"rendering": setup[1]} if kind == "digits" else {})}
+                  **({"rendering": rendering} if rendering else {})}
     )
     summary.update(
         seconds=round(seconds, 3), images_per_second=round(count / seconds, 1), workers=workers
