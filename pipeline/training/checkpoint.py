@@ -13,7 +13,7 @@ import re
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from pipeline.errors import UserError
 from pipeline.training.config import TrainConfig, config_from_dict
@@ -98,9 +98,10 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"checkpoint not found: {path}")
     _refuse_pickle(path)
     try:
-        tensors = load_file(path)
+        # Tensors and metadata from one opening of the file.
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
     if "simgan_checkpoint" not in metadata:
