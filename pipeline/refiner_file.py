@@ -35,6 +35,14 @@ class RefinerInfo:
     bit_depth: int
     content_hash: str
     package_version: str
+    # The training run's verdict on this refiner (pipeline.training.selection):
+    # {"status": "passed" | "refused", "step", "reason"}; None in files written before
+    # selection existed or by hand.
+    quality: dict | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.quality is not None and self.quality.get("status") != "passed"
 
     @property
     def channels(self) -> int:
@@ -52,8 +60,9 @@ def _content_hash(tensors: dict[str, torch.Tensor], description: dict) -> str:
     return digest.hexdigest()
 
 
-def _description(spec: RefinerSpec, preset: str, height: int, width: int, bit_depth: int) -> dict:
-    return {
+def _description(spec: RefinerSpec, preset: str, height: int, width: int, bit_depth: int,
+                 quality: dict | None = None) -> dict:
+    description = {
         "format": FORMAT,
         "spec": spec.to_dict(),
         "preset": preset,
@@ -61,14 +70,19 @@ def _description(spec: RefinerSpec, preset: str, height: int, width: int, bit_de
         "width": width,
         "bit_depth": bit_depth,
     }
+    # Part of the hashed description, so the verdict cannot be edited without notice.
+    if quality is not None:
+        description["quality"] = quality
+    return description
 
 
 def save_refiner(
-    path: str, refiner: Refiner, preset: str, height: int, width: int, bit_depth: int = 8
+    path: str, refiner: Refiner, preset: str, height: int, width: int, bit_depth: int = 8,
+    quality: dict | None = None,
 ) -> str:
     """Write the refiner file; returns its content hash."""
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in refiner.state_dict().items()}
-    description = _description(refiner.spec, preset, height, width, bit_depth)
+    description = _description(refiner.spec, preset, height, width, bit_depth, quality)
     content_hash = _content_hash(tensors, description)
     metadata = {
         "simgan": json.dumps(description, sort_keys=True),
@@ -105,6 +119,7 @@ def read_refiner_info(path: str) -> RefinerInfo:
         bit_depth=int(description["bit_depth"]),
         content_hash=metadata.get("content_hash", ""),
         package_version=metadata.get("package_version", ""),
+        quality=description.get("quality"),
     )
 
 
@@ -112,7 +127,7 @@ def load_refiner(path: str, device: str | torch.device = "cpu") -> tuple[Refiner
     """Build the refiner from its file, in eval mode; refuses damaged or foreign files."""
     info = read_refiner_info(path)
     tensors = load_file(path)
-    description = _description(info.spec, info.preset, info.height, info.width, info.bit_depth)
+    description = _description(info.spec, info.preset, info.height, info.width, info.bit_depth, info.quality)
     if _content_hash(tensors, description) != info.content_hash:
         raise RefinerFileError(f"{path}: content hash mismatch, the file is damaged or was edited")
     refiner = Refiner(info.spec)

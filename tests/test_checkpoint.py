@@ -91,11 +91,15 @@ def test_job_writes_run_outputs_resumes_and_exports_a_loadable_refiner(tmp_path,
     path = train(syn, real, run_dir, overrides=overrides, local=True)
     out = capsys.readouterr().out
     assert "resuming from" in out and "step-00000004" in out
-    for name in ("config.json", "metrics.jsonl", "loss_curves.png", "refiner.safetensors", "refiner_check.json"):
+    for name in ("config.json", "metrics.jsonl", "loss_curves.png", "refiner.safetensors", "selection.json",
+                 "selection.jsonl", "selection.png"):
         assert os.path.exists(os.path.join(run_dir, name)), name
-    with open(os.path.join(run_dir, "refiner_check.json")) as handle:
-        check = json.load(handle)
-    assert check["collapsed"] is False and check["images"] > 0
+    with open(os.path.join(run_dir, "selection.json")) as handle:
+        choice = json.load(handle)
+    assert choice["status"] == "passed" and choice["scores"]["collapsed"] is False
+    # The last step is always scored; the resumed run redid step 6's and kept one record per step.
+    assert [c["step"] for c in choice["candidates"]] == sorted({c["step"] for c in choice["candidates"]})
+    assert choice["candidates"][-1]["step"] == 8
     with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
         steps = [int(line.split('"step": ')[1].split(",")[0]) for line in handle]
     assert steps == list(range(8))  # steps 4-5, redone after the resume, appear once

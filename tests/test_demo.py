@@ -15,7 +15,7 @@ TINY = DemoSettings(
     synthetic_count=120,
     train_overrides={"pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2, "iterations": 2,
                      "batch_size": 16, "history_size": 32, "log_every": 1, "sample_every": 2,
-                     "checkpoint_every": 2},
+                     "checkpoint_every": 2, "realism_margin": -1.0},
     local_training=True,  # Ray Train itself is tested with the training code
     seeds=1,
     evaluation=downstream.TrainSettings(steps=5, batch_size=16),

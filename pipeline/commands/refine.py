@@ -28,7 +28,8 @@ def _as_click_error(function, *args, **kwargs):
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--address", default=None, help="Ray cluster address; default: a local Ray started for this run.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when the cluster has GPUs.")
-def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size, address, device):
+@click.option("--force", is_flag=True, help="Refine even with a refiner its training run marked failed.")
+def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size, address, device, force):
     """Refine every shard in --in with the refiner; one output shard and manifest per input shard.
 
     Re-running resumes: shards already committed in --out are skipped. Exits non-zero
@@ -46,6 +47,7 @@ def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size,
         batch_size=batch_size,
         address=address,
         device=device,
+        force=force,
     )
 
 

@@ -113,17 +113,24 @@ def refine_dataset(
     address: str | None = None,
     device: str | None = None,
     stream: TextIO | None = None,
+    force: bool = False,
 ) -> dict:
     """Refine every shard in `in_dir` into `out_dir`; returns the dataset summary.
 
     Committed output shards are skipped (resume) unless `overwrite`. Raises UserError
-    before any work for a missing, foreign or unfitting refiner, and FailedSamples at
-    the end when samples failed and `allow_failures` is False.
+    before any work for a missing, foreign, unfitting or (unless `force`) failed
+    refiner, and FailedSamples at the end when samples failed and `allow_failures` is False.
     """
     start = time.perf_counter()
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     _, info = load_refiner(refiner_path)  # refuses missing, foreign or damaged files
+    if info.failed and not force:
+        raise UserError(
+            f"{refiner_path} failed its training run's checks and would make the data worse: "
+            f"{info.quality.get('reason', 'no reason recorded')}. Train again (see the run's selection.json), "
+            "or pass --force to refine with it anyway"
+        )
     paths = shards.require_shards(in_dir, "--in")
     if os.path.realpath(in_dir) == os.path.realpath(out_dir):
         raise UserError("--out must be a different folder from --in (inputs are never overwritten)")

@@ -53,6 +53,20 @@ class TrainConfig:
     historical_averaging: float = 0.0  # weight of ||theta - mean past theta||^2; 0 = off
     label_smoothing: float = 0.0  # the real target becomes 1 - this; refined stays 1
     virtual_batch_norm: bool = False
+    # Checkpoint selection (pipeline.training.selection): the share of synthetic and real
+    # images held out for scoring, how often candidates are scored, the label the
+    # refiner must keep ("" = no label checks) and how well it must keep it.
+    held_out: float = 0.1
+    select_every: int = 50
+    label: str = "class"
+    min_label_consistency: float = 0.85
+    # A candidate's two-sample accuracy must be this much below the raw synthetic
+    # images' (less is within the test's noise on a few hundred held-out images).
+    realism_margin: float = 0.02
+    # Options beyond the paper. The label-consistency loss (CyCADA's semantic
+    # consistency): weight of the task network's loss on refined images against the
+    # simulator's labels; 0 = off.
+    label_consistency_weight: float = 0.0
     # Outputs.
     log_every: int = 10
     sample_every: int = 100
@@ -85,7 +99,7 @@ PRESETS: dict[str, dict] = {
         "self_reg_weight": 1.0,
     },
     # CPU demo on 35x55 eyes.
-    "eyes": {"model": "eyes"},
+    "eyes": {"model": "eyes", "label": "gaze"},
     # The paper's values (Shrivastava et al. 2017, section 4).
     "paper": {
         "model": "eye",
@@ -102,6 +116,8 @@ PRESETS: dict[str, dict] = {
         "sample_every": 500,
         "checkpoint_every": 500,
         "log_every": 50,
+        "select_every": 500,
+        "label": "gaze",
     },
 }
 
@@ -155,7 +171,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name in ("pretrain_refiner_steps", "pretrain_discriminator_steps", "iterations"):
         if getattr(c, name) < 0:
             raise UserError(f"{name} must be >= 0, got {getattr(c, name)}")
-    for name in ("k_g", "k_d", "log_every", "sample_every", "checkpoint_every", "minibatch_kernels"):
+    for name in ("k_g", "k_d", "log_every", "sample_every", "checkpoint_every", "minibatch_kernels", "select_every"):
         if getattr(c, name) < 1:
             raise UserError(f"{name} must be >= 1, got {getattr(c, name)}")
     if c.total_steps < 1:
@@ -190,6 +206,16 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise UserError(f"label_smoothing must be in [0, 0.5) (it softens only the real target), got {c.label_smoothing}")
     if c.minibatch_kernels != default.minibatch_kernels and not c.minibatch_discrimination:
         raise UserError("minibatch_kernels is set but minibatch_discrimination is off")
+    if not 0.0 < c.held_out < 0.5:
+        raise UserError(f"held_out must be in (0, 0.5), got {c.held_out}")
+    if not -1.0 <= c.realism_margin < 0.5:
+        raise UserError(f"realism_margin must be in [-1, 0.5), got {c.realism_margin}")
+    if not 0.0 <= c.min_label_consistency <= 1.0:
+        raise UserError(f"min_label_consistency must be in [0, 1], got {c.min_label_consistency}")
+    if c.label_consistency_weight < 0:
+        raise UserError(f"label_consistency_weight must be >= 0, got {c.label_consistency_weight}")
+    if c.label_consistency_weight > 0 and not c.label:
+        raise UserError("label_consistency_weight needs a label: set label=NAME")
     if c.self_reg_weight == 0 and c.pretrain_refiner_steps > 0:
         raise UserError("refiner pre-training uses only the self-regularisation loss, but self_reg_weight is 0")
     return config

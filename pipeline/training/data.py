@@ -34,9 +34,9 @@ class Geometry:
 
 def iter_images(
     shard_path: str, geometry: Geometry | None = None
-) -> Iterator[tuple[str, np.ndarray, Geometry] | shards.Problem]:
-    """(key, CxHxW float32 in [0, 1], geometry as stored) per usable sample of one shard,
-    Problems otherwise.
+) -> Iterator[tuple[str, np.ndarray, Geometry, dict] | shards.Problem]:
+    """(key, CxHxW float32 in [0, 1], geometry as stored, labels) per usable sample of
+    one shard, Problems otherwise.
 
     With `geometry`, a sample of another size, channel count or bit depth is a Problem.
     """
@@ -57,7 +57,7 @@ def iter_images(
                 f"the folder's first image is {geometry.height}x{geometry.width}x{geometry.channels} {geometry.bit_depth}-bit",
             )
             continue
-        yield item.key, shards.to_float(sample.image), found
+        yield item.key, shards.to_float(sample.image), found, sample.labels
 
 
 def folder_shards(folder: str, role: str) -> list[str]:
@@ -79,13 +79,14 @@ class ImageSet:
     keys: list[str]
     geometry: Geometry
     problems: list[shards.Problem]
+    labels: list[dict]
 
 
 def read_folder(folder: str, role: str, geometry: Geometry | None = None) -> ImageSet:
     """Every usable image of a shard folder, in memory (the local loop's input)."""
     paths = folder_shards(folder, role)
     geometry = geometry or first_geometry(paths, role)
-    images, keys, problems = [], [], []
+    images, keys, problems, labels = [], [], [], []
     for path in paths:
         for item in iter_images(path, geometry):
             if isinstance(item, shards.Problem):
@@ -93,11 +94,13 @@ def read_folder(folder: str, role: str, geometry: Geometry | None = None) -> Ima
             else:
                 keys.append(f"{os.path.basename(path)}/{item[0]}")
                 images.append(item[1])
+                labels.append(item[3])
     if not images:
         raise UserError(f"the {role} folder {folder} has no usable image ({len(problems)} problems)")
     # Sorted by "shard/key": the order the Ray workers rebuild, whatever order blocks arrive in.
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    return ImageSet(np.stack([images[i] for i in order]), [keys[i] for i in order], geometry, problems)
+    return ImageSet(np.stack([images[i] for i in order]), [keys[i] for i in order], geometry, problems,
+                    [labels[i] for i in order])
 
 
 def first_images(folder: str, role: str, count: int, geometry: Geometry) -> np.ndarray:

@@ -3,39 +3,53 @@
 from __future__ import annotations
 
 import os
-import sys
 
-import numpy as np
 import torch
 
+from pipeline import manifest
 from pipeline.devices import pick_device
 from pipeline.errors import UserError
 from pipeline.models import Refiner, refiner_preset
 from pipeline.refiner_file import save_refiner
-from pipeline.training import checkpoint as ckpt
+from pipeline.training import selection
 from pipeline.training.config import TrainConfig, make_config, save_config
-from pipeline.training.collapse import refiner_check, write_check
-from pipeline.training.data import (PROBLEMS_FILE, Geometry, check_compatible, first_images, read_folder,
-                                    record_problems)
+from pipeline.training.data import PROBLEMS_FILE, Geometry, check_compatible, read_folder, record_problems
 from pipeline.training.loop import run_local
-from pipeline.training.outputs import plot_loss_curves
+from pipeline.training.outputs import plot_loss_curves, plot_selection
+from pipeline.training.task import extract_labels
 
 REFINER_FILE = "refiner.safetensors"
-CHECK_IMAGES = 512  # synthetic images the collapse check refines
 
 
-def export_refiner(checkpoint_file: str, run_dir: str, config: TrainConfig, geometry: Geometry,
-                   synthetic_sample: np.ndarray) -> str:
-    """RUN_DIR/refiner.safetensors from a checkpoint's refiner weights, and its collapse check
-    (RUN_DIR/refiner_check.json; a loud warning when the refiner collapsed)."""
-    tensors, _ = ckpt.read_checkpoint(checkpoint_file)
-    refiner = Refiner(refiner_preset(config.model, geometry.channels))
-    refiner.load_state_dict({k[len("refiner."):]: v for k, v in tensors.items() if k.startswith("refiner.")})
+class RefinerRefused(UserError):
+    """No checkpoint of the run passed the checks: the exported refiner is marked failed."""
+
+
+def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str:
+    """RUN_DIR/refiner.safetensors from the candidate the selection rule picks, with the
+    verdict in RUN_DIR/selection.json and in the file itself. Raises RefinerRefused (after
+    exporting the least bad candidate, marked failed) when no candidate passed."""
+    records = selection.read_records(run_dir)
+    choice = selection.choose(records)
+    manifest.write_json(os.path.join(run_dir, selection.CHOICE_FILE), {**choice, "candidates": records})
+    plot_selection(run_dir, records, choice)
     path = os.path.join(run_dir, REFINER_FILE)
-    save_refiner(path, refiner, config.model, geometry.height, geometry.width, geometry.bit_depth)
-    warning = write_check(run_dir, refiner_check(refiner, synthetic_sample))
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
+    if choice["step"] is None:
+        raise RefinerRefused(f"training in {run_dir} scored no candidate refiner")
+    refiner = Refiner(refiner_preset(config.model, geometry.channels))
+    refiner.load_state_dict(selection.load_candidate(run_dir, choice["step"]))
+    quality = {"status": choice["status"], "step": choice["step"], "reason": choice["reason"]}
+    save_refiner(path, refiner, config.model, geometry.height, geometry.width, geometry.bit_depth, quality=quality)
+    if choice["status"] != "passed":
+        raise RefinerRefused(
+            f"no refiner of this run is safe to use: {choice['reason']}. {path} is marked failed and "
+            "refine-dataset refuses it (--force overrides). See "
+            f"{os.path.join(run_dir, selection.CHOICE_FILE)} and {os.path.join(run_dir, 'samples')}. "
+            "What to try: another --set seed=N; a higher self_reg_weight (changes kept smaller); "
+            "fewer iterations; or, when the real images differ from the synthetic ones in what they "
+            "show and not only in how they look, a simulator closer to them"
+        )
+    print(f"selected the refiner of step {choice['step']}: {choice['reason']}", flush=True)
     return path
 
 
@@ -52,6 +66,9 @@ def train(
     stop_after: int | None = None,
 ) -> str:
     """Train a refiner; returns the path of RUN_DIR/refiner.safetensors.
+
+    The exported refiner is the best scored candidate (pipeline.training.selection);
+    when none passes the checks, RefinerRefused is raised after the export.
 
     Runs as a Ray Train job (embedded local Ray unless `address` names a cluster), or
     with `local=True` as a plain loop in this process. Re-running with the same
@@ -74,16 +91,15 @@ def train(
         check_compatible(synthetic.geometry, real.geometry)
         record_problems(run_dir, "synthetic", synthetic.problems)
         record_problems(run_dir, "real", real.problems)
-        last = run_local(
+        labels = extract_labels(synthetic.labels, config.label, synthetic.keys) if config.label else None
+        run_local(
             config, preset, torch.from_numpy(synthetic.images), torch.from_numpy(real.images),
-            run_dir, pick_device(), stop_after=stop_after,
+            run_dir, pick_device(), stop_after=stop_after, labels=labels,
         )
         geometry = synthetic.geometry
-        sample = synthetic.images[:CHECK_IMAGES]
     else:
         from pipeline.training.ray_job import run_ray
 
-        last, geometry = run_ray(config, preset, synthetic_dir, real_dir, run_dir, workers, address, stop_after)
-        sample = first_images(synthetic_dir, "synthetic", CHECK_IMAGES, geometry)
+        _, geometry = run_ray(config, preset, synthetic_dir, real_dir, run_dir, workers, address, stop_after)
     plot_loss_curves(run_dir)
-    return export_refiner(last, run_dir, config, geometry, sample)
+    return export_refiner(run_dir, config, geometry)

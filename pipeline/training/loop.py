@@ -12,7 +12,9 @@ import torch
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.config import TrainConfig
 from pipeline.training.outputs import RunOutputs, write_grid
+from pipeline.training.selection import Prepared, Selector, prepare
 from pipeline.training.step import TrainState, build_state, images_left, images_per_step, train_step, unwrap
+from pipeline.training.task import Labels
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -26,11 +28,14 @@ def run_steps(
     outputs: RunOutputs | None = None,
     rank: int = 0,
     stop_after: int | None = None,
+    labels: torch.Tensor | None = None,
+    selector: Selector | None = None,
 ) -> TrainState:
     """Train from `state.step` to the end of the schedule (or `stop_after` more steps).
 
     `save` is called after every checkpoint_every-th step and after the last one, on
-    every rank alike; `outputs` (rank 0 only) gets metrics and sample grids.
+    every rank alike; `outputs` and `selector` (rank 0 only) get metrics, sample grids
+    and the scored candidates.
     """
     end = config.total_steps if stop_after is None else min(config.total_steps, state.step + stop_after)
     unwrap(state.refiner).train()
@@ -39,7 +44,10 @@ def run_steps(
         write_grid(outputs.run_dir, 0, unwrap(state.refiner), synthetic, real)
     while state.step < end:
         images = images_per_step(config, state.step)
-        metrics = train_step(state, config, synthetic, real, rank)
+        metrics = train_step(state, config, synthetic, real, rank, labels)
+        if selector is not None and selector.due(state.step):
+            scored = selector.score(state.refiner, state.step)
+            metrics.update({f"candidate_{k}": v for k, v in scored.items() if isinstance(v, (int, float)) and k != "step"})
         if outputs is not None:
             metrics["workers"] = _world_size()
             outputs.record(metrics, images * metrics["workers"])
@@ -56,6 +64,16 @@ def _world_size() -> int:
     return 1
 
 
+def start(config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor, labels: Labels | None,
+          device, wrap=lambda model: model) -> tuple[TrainState, Prepared]:
+    """The held-out split, the task network and a fresh state: the same on every worker."""
+    prepared = prepare(config, synthetic.to(device), real.to(device), labels)
+    state = build_state(config, tuple(synthetic.shape[1:]), prepared.real, device, wrap)
+    if config.label_consistency_weight > 0:
+        state.task_network = prepared.held_out.network
+    return state, prepared
+
+
 def run_local(
     config: TrainConfig,
     preset: str,
@@ -65,11 +83,11 @@ def run_local(
     device: torch.device | str = "cpu",
     stop_after: int | None = None,
     echo: bool = True,
+    labels: Labels | None = None,
 ) -> str:
     """Train in this process, resuming from RUN_DIR/checkpoints; returns the last checkpoint."""
     folder = os.path.join(run_dir, CHECKPOINT_DIR)
-    synthetic, real = synthetic.to(device), real.to(device)
-    state = build_state(config, tuple(synthetic.shape[1:]), real, device)
+    state, prepared = start(config, synthetic, real, labels, device)
     latest = ckpt.latest_checkpoint(folder)
     if latest:
         ckpt.restore(state, latest, config)
@@ -85,5 +103,7 @@ def run_local(
         ckpt.save_checkpoint(ckpt.checkpoint_path(folder, state.step), state, config, preset)
         ckpt.prune(folder)
 
-    run_steps(state, config, synthetic, real, save, outputs, stop_after=stop_after)
+    selector = Selector(run_dir, config, prepared.held_out, state.step, echo)
+    run_steps(state, config, prepared.synthetic, prepared.real, save, outputs, stop_after=stop_after,
+              labels=prepared.labels, selector=selector)
     return ckpt.latest_checkpoint(folder)

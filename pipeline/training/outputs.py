@@ -127,3 +127,41 @@ def plot_loss_curves(run_dir: str) -> str | None:
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+SELECTION_PLOT = "selection.png"
+
+
+def plot_selection(run_dir: str, records: list[dict], choice: dict) -> str | None:
+    """selection.png: each candidate's realism and label consistency against the step,
+    the raw synthetic images' realism as a line and the chosen candidate marked."""
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    steps = [r["step"] for r in records]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(steps, [r["two_sample"] for r in records], "o-", label="two-sample accuracy, real vs refined (lower: more realistic)")
+    ax.axhline(records[0]["raw_two_sample"], color="grey", linestyle="--", label="two-sample accuracy, real vs raw synthetic")
+    if any("label_consistency" in r for r in records):
+        ax.plot(steps, [r.get("label_consistency", float("nan")) for r in records], "s-", label="label consistency")
+    ax.plot(steps, [r["refined_contrast"] / max(r["real_contrast"], 1e-8) for r in records], "^-",
+            label="contrast, refined / real")
+    failed = [r for r in records if not r["passed"]]
+    ax.plot([r["step"] for r in failed], [r["two_sample"] for r in failed], "x", color="red", markersize=10,
+            label="failed a check")
+    if choice.get("status") == "passed":
+        best = next(r for r in records if r["step"] == choice["step"])
+        ax.plot([best["step"]], [best["two_sample"]], "*", color="gold", markersize=18, markeredgecolor="black",
+                label="exported")
+    ax.set_xlabel("step")
+    ax.set_ylim(0, max(1.05, max(r["refined_contrast"] / max(r["real_contrast"], 1e-8) for r in records) + 0.05))
+    ax.legend(fontsize=8)
+    ax.set_title(f"Checkpoint selection: {choice.get('status')}")
+    out = os.path.join(run_dir, SELECTION_PLOT)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out

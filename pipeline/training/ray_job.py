@@ -11,6 +11,7 @@ latest. With more than one worker both networks are wrapped in DDP.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import tempfile
 
@@ -22,9 +23,11 @@ from pipeline.errors import UserError
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.config import TrainConfig, config_from_dict
 from pipeline.training.data import Geometry, check_compatible, first_geometry, folder_shards, iter_images, record_problems
-from pipeline.training.loop import run_steps
+from pipeline.training.loop import run_steps, start
 from pipeline.training.outputs import RunOutputs
-from pipeline.training.step import build_state, images_left
+from pipeline.training.selection import Selector
+from pipeline.training.step import images_left
+from pipeline.training.task import extract_labels
 
 RAY_DIR = "ray"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -40,10 +43,12 @@ def _rows(item: dict, geometry: Geometry) -> list[dict]:
             rows.append({
                 "key": f"{shard}/{found.key or ''}", "shard": shard, "problem_key": found.key or "",
                 "kind": found.kind, "message": found.message, "image": np.zeros(geometry.shape, np.float32),
+                "labels": "",
             })
         else:
-            key, image, _ = found
-            rows.append({"key": f"{shard}/{key}", "shard": shard, "problem_key": "", "kind": "", "message": "", "image": image})
+            key, image, _, labels = found
+            rows.append({"key": f"{shard}/{key}", "shard": shard, "problem_key": "", "kind": "", "message": "",
+                         "image": image, "labels": json.dumps(labels)})
     return rows
 
 
@@ -57,20 +62,22 @@ def image_dataset(folder: str, role: str, run_dir: str, geometry: Geometry | Non
     ds = ds.flat_map(functools.partial(_rows, geometry=geometry)).materialize()
     bad = ds.filter(lambda row: row["kind"] != "").drop_columns(["image"]).take_all()
     record_problems(run_dir, role, [shards.Problem(r["shard"], r["problem_key"] or None, r["kind"], r["message"]) for r in bad])
-    good = ds.filter(lambda row: row["kind"] == "").select_columns(["key", "image"]).materialize()
+    good = ds.filter(lambda row: row["kind"] == "").select_columns(["key", "image", "labels"]).materialize()
     if good.count() == 0:
         raise UserError(f"the {role} folder {folder} has no usable image ({len(bad)} problems)")
     return good, geometry
 
 
-def _pool(dataset_shard, device) -> torch.Tensor:
-    """All images of a dataset in one tensor, ordered by key (the local loop's order)."""
-    keys, images = [], []
+def _pool(dataset_shard) -> tuple[torch.Tensor, list[str], list[dict]]:
+    """All images of a dataset in one tensor, with keys and labels, ordered by key (the
+    local loop's order)."""
+    keys, images, labels = [], [], []
     for batch in dataset_shard.iter_batches(batch_size=4096, batch_format="numpy"):
         keys.extend(batch["key"].tolist())
         images.append(batch["image"])
+        labels.extend(json.loads(text) for text in batch["labels"].tolist())
     order = np.argsort(np.asarray(keys), kind="stable")
-    return torch.from_numpy(np.concatenate(images)[order]).to(device)
+    return (torch.from_numpy(np.concatenate(images)[order]), [keys[i] for i in order], [labels[i] for i in order])
 
 
 def _worker(loop_config: dict) -> None:
@@ -83,9 +90,10 @@ def _worker(loop_config: dict) -> None:
     rank = context.get_world_rank()
     torch.set_num_threads(loop_config["threads"])
     device = ray.train.torch.get_device()
-    synthetic = _pool(ray.train.get_dataset_shard("synthetic"), device)
-    real = _pool(ray.train.get_dataset_shard("real"), device)
-    state = build_state(config, tuple(synthetic.shape[1:]), real, device, wrap=ray.train.torch.prepare_model)
+    synthetic, keys, labels = _pool(ray.train.get_dataset_shard("synthetic"))
+    real, _, _ = _pool(ray.train.get_dataset_shard("real"))
+    task_labels = extract_labels(labels, config.label, keys) if config.label else None
+    state, prepared = start(config, synthetic, real, task_labels, device, wrap=ray.train.torch.prepare_model)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -111,7 +119,9 @@ def _worker(loop_config: dict) -> None:
     if state.step >= config.total_steps:
         save(state)  # a finished run re-run: report its final checkpoint again
         return
-    run_steps(state, config, synthetic, real, save, outputs, rank, stop_after=loop_config["stop_after"])
+    selector = Selector(run_dir, config, prepared.held_out, state.step) if rank == 0 else None
+    run_steps(state, config, prepared.synthetic, prepared.real, save, outputs, rank,
+              stop_after=loop_config["stop_after"], labels=prepared.labels, selector=selector)
 
 
 def _start_ray(address: str | None) -> bool:

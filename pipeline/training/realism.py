@@ -28,12 +28,15 @@ def two_sample_accuracy(
     max_per_set: int = 2000,
     epochs: int = 8,
     held_out: float = 0.3,
+    min_steps: int = 0,
 ) -> float:
     """Held-out accuracy of a fresh CNN trained to tell `real_images` from `other_images`.
 
     Both are N x C x H x W float arrays in [0, 1] of one size. The two sets are
     balanced (the same number from each, at most `max_per_set`), then split: the
-    classifier trains on 1 - `held_out` of them and is scored on the rest.
+    classifier trains on 1 - `held_out` of them and is scored on the rest, for
+    `epochs` passes or more, until it has taken at least `min_steps` steps (on small
+    sets a few epochs are too few steps to learn anything).
     """
     real_images, other_images = np.asarray(real_images, np.float32), np.asarray(other_images, np.float32)
     if real_images.shape[1:] != other_images.shape[1:]:
@@ -52,7 +55,8 @@ def two_sample_accuracy(
         torch.manual_seed(seed)
         model = _classifier(x.shape[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(epochs):
+    batches = -(-cut // 64)
+    for _ in range(max(epochs, -(-min_steps // batches))):
         model.train()
         for batch in torch.randperm(cut, generator=generator).split(64):
             loss = nn.functional.cross_entropy(model(x[batch]), y[batch])

@@ -21,6 +21,7 @@ from pipeline.training import losses
 from pipeline.training.config import TrainConfig
 from pipeline.training.history import HistoryBuffer
 from pipeline.training.stabilisers import HistoricalAverage, feature_matching_loss, reference_batch
+from pipeline.training.task import task_loss
 
 PRETRAIN_REFINER = "pretrain_refiner"
 PRETRAIN_DISCRIMINATOR = "pretrain_discriminator"
@@ -41,6 +42,9 @@ class TrainState:
     average_d: HistoricalAverage | None
     reference: torch.Tensor | None
     step: int = 0
+    # Frozen, rebuilt from the data on every start (not checkpointed); set only when
+    # the label-consistency loss is on.
+    task_network: nn.Module | None = None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -106,13 +110,16 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
+def draw_index(size: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n positions in a pool of `size`: distinct when the pool is large enough."""
+    if size >= n:
+        return torch.randperm(size, generator=generator)[:n]
+    return torch.randint(size, (n,), generator=generator)
+
+
 def draw(pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """n images from the pool: distinct when the pool is large enough."""
-    if len(pool) >= n:
-        index = torch.randperm(len(pool), generator=generator)[:n]
-    else:
-        index = torch.randint(len(pool), (n,), generator=generator)
-    return pool[index.to(pool.device)]
+    return pool[draw_index(len(pool), n, generator).to(pool.device)]
 
 
 @contextmanager
@@ -142,12 +149,18 @@ def _optimise(loss, model: nn.Module, optimiser, average: HistoricalAverage | No
     return loss
 
 
-def refiner_update(state: TrainState, config: TrainConfig, synthetic, real, generator, adversarial: bool) -> dict:
-    x = draw(synthetic, config.batch_size, generator)
+def refiner_update(state: TrainState, config: TrainConfig, synthetic, real, generator, adversarial: bool,
+                   labels: torch.Tensor | None = None) -> dict:
+    index = draw_index(len(synthetic), config.batch_size, generator).to(synthetic.device)
+    x = synthetic[index]
     refined = state.refiner(x)
     reg = losses.self_regularisation(refined, x, config.psi)
     loss = config.self_reg_weight * reg
     metrics = {"loss_r_reg": reg.item()}
+    if adversarial and config.label_consistency_weight > 0:
+        consistency = task_loss(state.task_network, refined, labels[index])
+        loss = loss + config.label_consistency_weight * consistency
+        metrics["loss_r_label"] = consistency.item()
     if adversarial:
         # Through the plain D: its parameters are frozen and must not join any
         # distributed gradient exchange in the refiner's update.
@@ -194,8 +207,12 @@ def discriminator_update(state: TrainState, config: TrainConfig, synthetic, real
         }
 
 
-def train_step(state: TrainState, config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor, rank: int = 0) -> dict:
-    """Run step `state.step` of the schedule, advance it, return its metrics."""
+def train_step(state: TrainState, config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor, rank: int = 0,
+               labels: torch.Tensor | None = None) -> dict:
+    """Run step `state.step` of the schedule, advance it, return its metrics.
+
+    `labels` (the task label of each synthetic image) is needed only by the
+    label-consistency loss."""
     generator = step_generator(config.seed, state.step, rank)
     kind = phase(config, state.step)
     metrics: dict = {"step": state.step, "phase": kind}
@@ -205,7 +222,7 @@ def train_step(state: TrainState, config: TrainConfig, synthetic: torch.Tensor, 
         metrics.update(discriminator_update(state, config, synthetic, real, generator))
     else:
         for _ in range(config.k_g):
-            metrics.update(refiner_update(state, config, synthetic, real, generator, adversarial=True))
+            metrics.update(refiner_update(state, config, synthetic, real, generator, adversarial=True, labels=labels))
         for _ in range(config.k_d):
             metrics.update(discriminator_update(state, config, synthetic, real, generator))
     metrics["history_count"] = state.history.count

@@ -1,0 +1,152 @@
+"""Checkpoint selection without real labels: the split, the scores, the rule, and the
+refusal of a run whose every candidate would harm the data."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.cli import main
+from pipeline.errors import UserError
+from pipeline.refine import refine_dataset
+from pipeline.refiner_file import read_refiner_info
+from pipeline.training import selection
+from pipeline.training.job import RefinerRefused, train
+from pipeline.training.task import extract_labels
+from train_helpers import TINY, tiny_config, write_folders
+
+SIZE = 12
+
+
+def bars(n, seed):
+    """Horizontal bars; the class is the bar's row band (what a refiner must not move)."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 1, SIZE, SIZE), np.float32)
+    rows = rng.integers(1, SIZE - 3, size=n)
+    for image, row in zip(images, rows):
+        image[0, row : row + 2, 2:-2] = 1.0
+    return torch.from_numpy(images), [{"class": int(row) // 3} for row in rows]
+
+
+def look_real(x):
+    """How the 'real' domain draws the same bars: dimmer and blurred."""
+    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]).view(1, 1, 3, 3) / 16
+    return F.conv2d(F.pad(0.6 * x, (1, 1, 1, 1), mode="replicate"), kernel)
+
+
+class Function(nn.Module):
+    """A stand-in refiner: any image-to-image function."""
+
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+        self.weight = nn.Parameter(torch.zeros(1))  # so it has a state dict to save
+
+    def forward(self, x):
+        return self.function(x)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    synthetic, labels = bars(400, seed=0)
+    real = look_real(bars(400, seed=1)[0])
+    config = tiny_config(realism_margin=0.02)
+    prepared = selection.prepare(config, synthetic, real, extract_labels(labels, "class", [str(i) for i in range(400)]))
+    return config, prepared
+
+
+def test_the_held_out_split_is_fixed_by_the_seed_disjoint_and_bounded():
+    train_a, held_a = selection.split_index(5000, 0.1, 0, "real")
+    train_b, held_b = selection.split_index(5000, 0.1, 0, "real")
+    assert np.array_equal(held_a, held_b) and len(held_a) == 500
+    assert not set(train_a) & set(held_a) and len(train_a) + len(held_a) == 5000
+    assert not np.array_equal(held_a, selection.split_index(5000, 0.1, 1, "real")[1])
+    assert len(selection.split_index(50000, 0.1, 0, "real")[1]) == selection.MAX_HELD_OUT
+    assert len(selection.split_index(24, 0.1, 0, "real")[1]) == selection.MIN_HELD_OUT
+
+
+def test_prepare_holds_images_out_of_training(held_out):
+    config, prepared = held_out
+    assert len(prepared.synthetic) + len(prepared.held_out.synthetic) == 400
+    assert len(prepared.labels) == len(prepared.synthetic)
+    assert prepared.held_out.raw_two_sample > 0.9  # raw bars are easy to tell from real ones
+
+
+def test_each_check_fails_the_refiner_it_is_for(held_out):
+    config, prepared = held_out
+    good = selection.score(Function(look_real), prepared.held_out, config)
+    assert good["passed"], good["failed"]
+    assert good["two_sample"] < prepared.held_out.raw_two_sample - 0.2
+    assert good["label_consistency"] > 0.9
+
+    black = selection.score(Function(lambda x: 0.01 * x), prepared.held_out, config)
+    assert not black["passed"] and any(reason.startswith("collapsed") for reason in black["failed"])
+
+    # Looks real, but every bar moved by 4 rows: the label is gone.
+    moved = selection.score(Function(lambda x: look_real(torch.roll(x, 4, dims=2))), prepared.held_out, config)
+    assert not moved["passed"] and any(reason.startswith("label consistency") for reason in moved["failed"])
+
+    identity = selection.score(Function(lambda x: x), prepared.held_out, config)
+    assert not identity["passed"] and any("not more realistic" in reason for reason in identity["failed"])
+
+
+def test_selection_exports_a_better_candidate_than_the_last(held_out, tmp_path):
+    config, prepared = held_out
+    selector = selection.Selector(str(tmp_path), config, prepared.held_out, start_step=0, echo=False)
+    selector.score(Function(lambda x: 0.5 * x + 0.5 * look_real(x)), 10)  # halfway
+    selector.score(Function(look_real), 20)  # the best
+    selector.score(Function(lambda x: 0.01 * x), 30)  # the last: collapsed
+    choice = selection.choose(selection.read_records(str(tmp_path)))
+    assert choice["status"] == "passed" and choice["step"] == 20
+    assert [os.path.basename(selection.candidate_path(str(tmp_path), s)) for s in (10, 20, 30)] == sorted(
+        os.listdir(tmp_path / selection.CANDIDATES_DIR))
+    # A resumed run drops the records of the steps it redoes.
+    selection.Selector(str(tmp_path), config, prepared.held_out, start_step=20, echo=False)
+    assert [r["step"] for r in selection.read_records(str(tmp_path))] == [10, 20]
+
+
+def test_no_passing_candidate_is_a_refusal_naming_why():
+    records = [{"step": 5, "passed": False, "two_sample": 0.99, "raw_two_sample": 0.95,
+                "failed": ["collapsed: its images keep contrast 0.01"]},
+               {"step": 10, "passed": False, "two_sample": 0.97, "raw_two_sample": 0.95,
+                "failed": ["label consistency 0.5 is below min_label_consistency 0.85", "collapsed: x"]}]
+    choice = selection.choose(records)
+    assert choice["status"] == "refused" and choice["step"] == 5
+    assert "collapsed" in choice["reason"] and "label consistency" in choice["reason"]
+
+
+# A refiner that may change images freely (almost no self-regularisation) and learns 500x
+# faster than the demo's: D's gradients drive it off the data within a few steps.
+RUNAWAY = {**{k: v for k, v in TINY.items() if k != "model"}, "realism_margin": 0.02, "self_reg_weight": 0.001,
+           "lr_refiner": 0.05, "iterations": 12, "select_every": 4}
+
+
+@pytest.mark.slow
+def test_a_run_with_no_safe_refiner_exits_non_zero_and_refine_dataset_refuses_its_file(tmp_path):
+    syn, real = write_folders(tmp_path, n=40)
+    run_dir = str(tmp_path / "run")
+    result = CliRunner().invoke(main, ["train", "--synthetic", syn, "--real", real, "--out", run_dir, "--local"]
+                                + [arg for k, v in RUNAWAY.items() for arg in ("--set", f"{k}={v}")])
+    assert result.exit_code != 0
+    assert "no refiner of this run is safe to use" in result.output and "What to try" in result.output
+    assert "Traceback" not in result.output
+    choice = json.load(open(os.path.join(run_dir, selection.CHOICE_FILE)))
+    assert choice["status"] == "refused" and [c["step"] for c in choice["candidates"]] == [8, 12, 16]
+    assert all(not c["passed"] and c["failed"] for c in choice["candidates"])
+    path = os.path.join(run_dir, "refiner.safetensors")
+    info = read_refiner_info(path)
+    assert info.failed and info.quality["status"] == "refused"
+    with pytest.raises(UserError, match="failed its training run's checks"):
+        refine_dataset(syn, str(tmp_path / "refined"), path)
+    assert not os.path.exists(tmp_path / "refined")  # refused before any work
+    result = CliRunner().invoke(main, ["refine", "--in", syn, "--out", str(tmp_path / "refined"), "--refiner", path])
+    assert result.exit_code != 0 and "--force" in result.output
+    summary = refine_dataset(syn, str(tmp_path / "forced"), path, force=True)
+    assert summary["samples"] == 40
+    with pytest.raises(RefinerRefused):  # re-running the finished run gives the same verdict
+        train(syn, real, run_dir, overrides=RUNAWAY, local=True)
