@@ -132,7 +132,7 @@ def _spec(path: str, data: object) -> RefinerSpec:
         if expected is float and _whole_number(value):
             fits = True
         if not fits:
-            raise RefinerFileError(f"{path}: refiner spec {name} is {value!r}, not a {expected.__name__}")
+            raise RefinerFileError(f"{path}: refiner spec {name} is {value!r}, not of type {expected.__name__}")
     for name, (low, high) in SPEC_RANGES.items():
         if not low <= data[name] <= high:
             raise RefinerFileError(f"{path}: refiner spec {name} is {data[name]}, outside {low}..{high}")

@@ -102,7 +102,7 @@ def test_malformed_metadata_json_is_a_message(tmp_path):
         ({"bit_depth": 12}, "bit_depth is 12"),
         ({"preset": 5}, "preset is not a string"),
         ({"spec": [3, 4]}, "'spec' is not an object"),
-        ({"spec": {**TINY_SPEC, "features": "4"}}, "features is '4', not a int"),
+        ({"spec": {**TINY_SPEC, "features": "4"}}, "features is '4', not of type int"),
         ({"spec": {**TINY_SPEC, "features": True}}, "features is True"),
         ({"spec": {**TINY_SPEC, "kernel": 4}}, "kernel is 4, it must be odd"),
         ({"spec": {**TINY_SPEC, "blocks": 65}}, "blocks is 65, outside 0..64"),
