@@ -7,19 +7,27 @@ checked on load: a file that was altered is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from pipeline.errors import UserError
 from pipeline.models import Refiner, RefinerSpec
+from pipeline.tensor_file import header_problem, parse_metadata_json
 from pipeline.version import __version__
 
 FORMAT = "simgan-refiner/1"
+
+# Ranges for the spec's numbers, checked before a network is built from them: a forged
+# file's spec alone decides how much memory building the network takes. The paper's
+# largest refiner has kernel 7, 64 features and 10 blocks; images are grey to RGBA.
+SPEC_RANGES = {"kernel": (1, 15), "features": (1, 1024), "blocks": (0, 64), "channels": (1, 4)}
+MAX_IMAGE_SIDE = 16384
 
 
 class RefinerFileError(UserError):
@@ -95,38 +103,129 @@ def save_refiner(
     return content_hash
 
 
-def read_refiner_info(path: str) -> RefinerInfo:
-    """Read and check the file's metadata without building the network."""
+def _open(path: str):
+    """The file opened with safe_open, after the checks safetensors itself does not make."""
     if not path:
         raise RefinerFileError("no refiner file given (pass --refiner FILE; refinement never runs with random weights)")
     if not os.path.isfile(path):
         raise RefinerFileError(f"refiner file not found: {path}")
+    problem = header_problem(path)
+    if problem:
+        raise RefinerFileError(f"{path} is not a refiner file: it {problem}")
     try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        return safe_open(path, framework="pt")
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a refiner"
         raise RefinerFileError(f"{path} is not a safetensors refiner file: {exc}") from None
+
+
+def _whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _spec(path: str, data: object) -> RefinerSpec:
+    """The spec from its metadata, its numbers checked before anything is built from it.
+
+    Fields of RefinerSpec this module has no range for are accepted when their type
+    matches the field's default, so a field added to the spec needs no change here.
+    """
+    if not isinstance(data, dict):
+        raise RefinerFileError(f"{path}: refiner metadata 'spec' is not an object")
+    fields = {f.name: f for f in dataclasses.fields(RefinerSpec)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise RefinerFileError(f"{path}: unknown refiner spec field(s) {', '.join(map(repr, unknown))}")
+    missing = sorted(set(SPEC_RANGES) - set(data))
+    if missing:
+        raise RefinerFileError(f"{path}: refiner spec lacks {', '.join(missing)}")
+    for name, value in data.items():
+        default = fields[name].default
+        if default is dataclasses.MISSING:
+            continue
+        expected = type(default)
+        fits = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+        if expected is float and _whole_number(value):
+            fits = True
+        if not fits:
+            raise RefinerFileError(f"{path}: refiner spec {name} is {value!r}, not of type {expected.__name__}")
+    for name, (low, high) in SPEC_RANGES.items():
+        if not low <= data[name] <= high:
+            raise RefinerFileError(f"{path}: refiner spec {name} is {data[name]}, outside {low}..{high}")
+    if data["kernel"] % 2 == 0:
+        raise RefinerFileError(f"{path}: refiner spec kernel is {data['kernel']}, it must be odd")
+    try:
+        return RefinerSpec(**data)
+    except (TypeError, ValueError) as exc:
+        raise RefinerFileError(f"{path}: refiner spec is not valid: {exc}") from None
+
+
+def _info(path: str, metadata: dict) -> RefinerInfo:
     if "simgan" not in metadata:
         raise RefinerFileError(f"{path} is a safetensors file but not a refiner exported by this tool")
-    description = json.loads(metadata["simgan"])
+    try:
+        description = parse_metadata_json(metadata["simgan"])
+    except ValueError as exc:
+        raise RefinerFileError(f"{path}: refiner {exc}") from None
+    if not isinstance(description, dict):
+        raise RefinerFileError(f"{path}: refiner metadata is not a JSON object")
     if description.get("format") != FORMAT:
         raise RefinerFileError(f"{path} has format {description.get('format')!r}, expected {FORMAT!r}")
+    missing = [name for name in ("spec", "preset", "height", "width", "bit_depth") if name not in description]
+    if missing:
+        raise RefinerFileError(f"{path}: refiner metadata lacks {', '.join(missing)}")
+    if not isinstance(description["preset"], str):
+        raise RefinerFileError(f"{path}: refiner metadata preset is not a string")
+    for name in ("height", "width"):
+        value = description[name]
+        if not _whole_number(value) or not 1 <= value <= MAX_IMAGE_SIDE:
+            raise RefinerFileError(f"{path}: refiner metadata {name} is {value!r}, not a size in 1..{MAX_IMAGE_SIDE}")
+    if description["bit_depth"] not in (8, 16) or isinstance(description["bit_depth"], bool):
+        raise RefinerFileError(f"{path}: refiner metadata bit_depth is {description['bit_depth']!r}, not 8 or 16")
+    quality = description.get("quality")
+    if quality is not None and not (isinstance(quality, dict) and isinstance(quality.get("status"), str)):
+        raise RefinerFileError(f"{path}: refiner metadata quality is {str(quality)[:80]!r}, not a verdict with a status")
     return RefinerInfo(
-        spec=RefinerSpec(**description["spec"]),
+        spec=_spec(path, description["spec"]),
         preset=description["preset"],
-        height=int(description["height"]),
-        width=int(description["width"]),
-        bit_depth=int(description["bit_depth"]),
+        height=description["height"],
+        width=description["width"],
+        bit_depth=description["bit_depth"],
         content_hash=metadata.get("content_hash", ""),
         package_version=metadata.get("package_version", ""),
         quality=description.get("quality"),
     )
 
 
+def _check_shapes(path: str, spec: RefinerSpec, stored: dict[str, tuple[int, ...]]) -> None:
+    """Refuse weights that do not fit `spec` before anything of the spec's size is allocated:
+    the network is built on the meta device, which has shapes but no storage."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in Refiner(spec).state_dict().items()}
+    if set(stored) != set(expected):
+        odd = sorted(set(stored) ^ set(expected))
+        raise RefinerFileError(
+            f"{path}: weights do not fit the stated architecture: tensor names differ ({', '.join(odd[:4])}"
+            + (", ..." if len(odd) > 4 else "") + ")"
+        )
+    for name in sorted(expected):
+        if stored[name] != expected[name]:
+            raise RefinerFileError(
+                f"{path}: weights do not fit the stated architecture: {name} is {list(stored[name])}, "
+                f"the spec needs {list(expected[name])}"
+            )
+
+
+def read_refiner_info(path: str) -> RefinerInfo:
+    """Read and check the file's metadata without building the network."""
+    with _open(path) as handle:
+        return _info(path, handle.metadata() or {})
+
+
 def load_refiner(path: str, device: str | torch.device = "cpu") -> tuple[Refiner, RefinerInfo]:
     """Build the refiner from its file, in eval mode; refuses damaged or foreign files."""
-    info = read_refiner_info(path)
-    tensors = load_file(path)
+    with _open(path) as handle:
+        info = _info(path, handle.metadata() or {})
+        _check_shapes(path, info.spec, {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     description = _description(info.spec, info.preset, info.height, info.width, info.bit_depth, info.quality)
     if _content_hash(tensors, description) != info.content_hash:
         raise RefinerFileError(f"{path}: content hash mismatch, the file is damaged or was edited")

@@ -13,7 +13,7 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NoReturn
 
 import numpy as np
 import webdataset as wds
@@ -38,8 +38,22 @@ DUPLICATE_KEY = "duplicate_key"
 MISSING_IMAGE = "missing_image"
 MISSING_LABELS = "missing_labels"
 UNDECODABLE_IMAGE = "undecodable_image"
-INVALID_LABELS = "invalid_labels"
+INVALID_LABELS = "invalid_labels"  # not UTF-8, not JSON, not an object, a lone surrogate
+LABELS_TOO_LARGE = "labels_too_large"  # more than MAX_LABEL_BYTES
+LABELS_TOO_DEEP = "labels_too_deep"  # arrays/objects nested more than MAX_LABEL_DEPTH
+LABEL_INT_OVERFLOW = "label_int_overflow"  # an integer outside int64
+LABEL_NOT_FINITE = "label_not_finite"  # NaN, Infinity, -Infinity, or a float like 1e400
+LABEL_DUPLICATE_KEY = "label_duplicate_key"  # one object with the same name twice
 WRONG_SHAPE = "wrong_shape"
+
+# Real labels are a few hundred bytes (a class, a gaze vector, a few dozen landmarks) and
+# nest two or three levels; these limits leave ample room above that while bounding what
+# one hostile label member can cost. Both are checked before the JSON is parsed, so a
+# label nested 100,000 levels deep never reaches the (recursive) parser.
+MAX_LABEL_BYTES = 64 * 1024
+MAX_LABEL_DEPTH = 32
+# Label columns of the manifests are int64; a larger integer could not be stored.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class SampleError(ValueError):
@@ -145,13 +159,92 @@ def encode_labels(labels: dict) -> bytes:
     return json.dumps(labels, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+# A JSON string (skipped: brackets inside it do not nest) or one bracket.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+# A \uD800-\uDFFF escape; only then can the parsed labels hold a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _nesting_depth(data: bytes, limit: int) -> int:
+    """The deepest bracket nesting of a JSON text, counted without recursion; stops
+    counting once past `limit`."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return 0  # too few brackets to nest that deep: the common case, no scan
+    depth = deepest = 0
+    for match in _JSON_TOKEN.finditer(data):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def _int64(text: str) -> int:
+    # Refused on the digits before converting: Python would otherwise build (or refuse
+    # with a ValueError of its own) integers of any length.
+    digits = text.lstrip("-")
+    value = int(text) if len(digits) <= 19 else None
+    if value is None or not INT64_MIN <= value <= INT64_MAX:
+        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(digits)} digits)"
+        raise SampleError(LABEL_INT_OVERFLOW, f"label integer {shown} does not fit in 64 bits")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise SampleError(LABEL_NOT_FINITE, f"label number {text[:40]} is too large for a float (it would be infinite)")
+    return value
+
+
+def _not_a_number(text: str) -> NoReturn:
+    raise SampleError(LABEL_NOT_FINITE, f"label holds {text}, which is not a finite number (JSON has no {text})")
+
+
+def _unique_names(pairs: list[tuple[str, object]]) -> dict:
+    labels = dict(pairs)
+    if len(labels) != len(pairs):
+        seen: set[str] = set()
+        twice = next(name for name, _ in pairs if name in seen or seen.add(name))
+        raise SampleError(LABEL_DUPLICATE_KEY, f"label object has the name {twice!r} more than once")
+    return labels
+
+
 def decode_labels(data: bytes) -> dict:
+    """Labels as a dict; raises SampleError (one of the label kinds above) for anything a
+    manifest could not store faithfully or that would cost unbounded time or memory."""
+    if len(data) > MAX_LABEL_BYTES:
+        raise SampleError(LABELS_TOO_LARGE, f"label JSON is {len(data)} bytes, the limit is {MAX_LABEL_BYTES}")
     try:
-        labels = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SampleError(INVALID_LABELS, f"label JSON does not parse: {exc}") from None
+    depth = _nesting_depth(data, MAX_LABEL_DEPTH)
+    if depth > MAX_LABEL_DEPTH:
+        raise SampleError(LABELS_TOO_DEEP, f"label JSON nests more than {MAX_LABEL_DEPTH} levels deep")
+    try:
+        labels = json.loads(
+            text,
+            object_pairs_hook=_unique_names,
+            parse_int=_int64,
+            parse_float=_finite,
+            parse_constant=_not_a_number,
+        )
+    except SampleError:
+        raise
+    except (json.JSONDecodeError, ValueError) as exc:
         raise SampleError(INVALID_LABELS, f"label JSON does not parse: {exc}") from None
     if not isinstance(labels, dict):
         raise SampleError(INVALID_LABELS, f"label JSON is a {type(labels).__name__}, not an object")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(labels, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SampleError(INVALID_LABELS, "label JSON holds a lone UTF-16 surrogate escape, which is not text") from None
     return labels
 
 

@@ -50,6 +50,18 @@ def run(tmp_path_factory, ray_local):  # noqa: F811
         "dup_in_shard": _good_then(rng, "dup", *_members(rng, "dup_a")),
         "dup_across": _good_then(rng, "across", *_members(rng, "corrupt_a")),
         "empty": [],
+        # Hostile labels: the int64 overflow used to crash the manifest write after the
+        # shard's tar was already written.
+        "label_overflow": _good_then(rng, "overflow", ("overflow_bad.png", png), ("overflow_bad.json", b'{"n":9223372036854775808}')),
+        "label_deep": _good_then(
+            rng, "deep", ("deep_bad.png", png), ("deep_bad.json", b'{"n":' + b"[" * 30_000 + b"]" * 30_000 + b"}")
+        ),
+        "label_large": _good_then(
+            rng, "large", ("large_bad.png", png), ("large_bad.json", b'{"n":"' + b"x" * 70_000 + b'"}')
+        ),
+        "label_nan": _good_then(rng, "nan", ("nan_bad.png", png), ("nan_bad.json", b'{"n":NaN}')),
+        "label_dup": _good_then(rng, "dupname", ("dupname_bad.png", png), ("dupname_bad.json", b'{"n":1,"n":2}')),
+        "label_surrogate": _good_then(rng, "sur", ("sur_bad.png", png), ("sur_bad.json", b'{"n":"\\ud800"}')),
     }
     for name, members in tars.items():
         raw_tar(str(src / f"{name}.tar"), members)
@@ -165,3 +177,21 @@ def test_empty_shard(run):
     rows = _rows(run, "empty.tar")
     assert list(rows["status"]) == [shards.EMPTY_SHARD] and rows["key"].isna().all()
     assert os.path.exists(manifest.stats_path(str(run["out"]), "empty.tar"))
+
+
+@pytest.mark.parametrize(
+    "shard, kind, prefix",
+    [
+        ("label_overflow.tar", shards.LABEL_INT_OVERFLOW, "overflow"),
+        ("label_deep.tar", shards.LABELS_TOO_DEEP, "deep"),
+        ("label_large.tar", shards.LABELS_TOO_LARGE, "large"),
+        ("label_nan.tar", shards.LABEL_NOT_FINITE, "nan"),
+        ("label_dup.tar", shards.LABEL_DUPLICATE_KEY, "dupname"),
+        ("label_surrogate.tar", shards.INVALID_LABELS, "sur"),
+    ],
+)
+def test_hostile_labels(run, shard, kind, prefix):
+    row = _check(run, shard, kind, f"{prefix}_bad", {f"{prefix}_a", f"{prefix}_b"})
+    # Unusable labels are not copied into the manifest, neither as text nor as columns.
+    assert row.isna()["labels_json"] and "label.n" not in run["rows"].columns
+    assert os.path.exists(manifest.stats_path(str(run["out"]), shard))

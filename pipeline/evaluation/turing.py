@@ -17,6 +17,8 @@ import html
 import json
 import os
 import random
+import re
+import sys
 import threading
 import zlib
 from dataclasses import dataclass
@@ -30,6 +32,18 @@ from pipeline.evaluation.metrics import binomial_p_value
 REAL, REFINED = "real", "refined"
 CHOICES = (REAL, REFINED)
 MAX_RATER = 64
+# An answer form is a name of at most 64 characters, a position and a choice: well under
+# 1 KiB even with every character percent-encoded.
+MAX_BODY = 4096
+# Seconds a connection may sit idle inside a request before it is closed, so a slow or
+# stalled client cannot hold its handler thread indefinitely.
+CONNECTION_TIMEOUT = 10.0
+# Connections the kernel queues before they are accepted: a class of raters opening the
+# page at once must queue, not be reset (the library default of 5 reset many).
+LISTEN_BACKLOG = 256
+# Host names under which a loopback server is reached; anything else in the Host header
+# is another site (e.g. DNS rebinding) and is refused.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -205,10 +219,20 @@ def _matrix_html(summary: dict, caption: str, table_id: str) -> str:
     )
 
 
-def make_handler(test: TuringTest):
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def make_handler(test: TuringTest, idle_timeout: float = CONNECTION_TIMEOUT):
     class Handler(BaseHTTPRequestHandler):
+        # Applied to each connection's socket by StreamRequestHandler.setup().
+        timeout = idle_timeout
+
         def log_message(self, format, *args):  # keep the terminal for progress lines
             pass
+
+        def log_error(self, format, *args):
+            print(f"turing-test: {self.client_address[0]}: {_one_line(format % args)}", file=sys.stderr, flush=True)
 
         def _send(self, status: int, body: bytes, kind: str = "text/html; charset=utf-8", headers=None):
             self.send_response(status)
@@ -227,7 +251,35 @@ def make_handler(test: TuringTest):
             rater = (query.get("rater") or [""])[0].strip()
             return rater if 0 < len(rater) <= MAX_RATER else None
 
+        def _own_host(self) -> str | None:
+            """The Host header when it names this server, else None."""
+            host = (self.headers.get("Host") or "").strip().lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            own = {self.server.server_address[0].lower(), *LOOPBACK_NAMES}
+            return host if name in own else None
+
+        def _refuse(self, status: int, title: str, text: str):
+            self.log_error("%s %s answered %d: %s", self.command, self.path[:100], status, text)
+            self.close_connection = True
+            return self._send(status, _page(title, f"<p>{html.escape(text)}</p>"), headers={"Connection": "close"})
+
+        def _guarded(self, answer):
+            """Run `answer`; a UserError (such as an answers file damaged while serving) is
+            a one-line log and a 500 page rather than a traceback."""
+            if self._own_host() is None:
+                return self._refuse(403, "Forbidden", "this server only answers requests addressed to it on loopback")
+            try:
+                return answer()
+            except UserError as exc:
+                return self._refuse(500, "Server problem", str(exc))
+
         def do_GET(self):
+            return self._guarded(self._get)
+
+        def do_POST(self):
+            return self._guarded(self._post)
+
+        def _get(self):
             url = urlparse(self.path)
             query = parse_qs(url.query)
             if url.path == "/":
@@ -276,12 +328,38 @@ def make_handler(test: TuringTest):
                 return self._send(200, json.dumps(test.summary()).encode(), kind="application/json")
             return self._send(404, _page("Not found", "<p>Nothing here.</p>"))
 
-        def do_POST(self):
+        def _body_length(self) -> int | str:
+            """The declared body length, or why it is refused ("400 ..." or "413 ...")."""
+            values = [v.strip() for v in self.headers.get_all("Content-Length") or []]
+            if not values:
+                return 0
+            if len(set(values)) > 1:
+                return "400 conflicting Content-Length headers"
+            if not re.fullmatch(r"[0-9]{1,12}", values[0]):
+                return f"400 Content-Length {values[0][:20]!r} is not a byte count"
+            if int(values[0]) > MAX_BODY:
+                return f"413 a {int(values[0])}-byte answer is more than the {MAX_BODY} bytes allowed"
+            return int(values[0])
+
+        def _post(self):
             url = urlparse(self.path)
             if url.path != "/answer":
                 return self._send(404, _page("Not found", "<p>Nothing here.</p>"))
-            length = min(int(self.headers.get("Content-Length") or 0), 4096)
-            form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+            # Browsers send Origin with every form post; it must be the page's own address
+            # (the Host it was served under, so a forwarded port still works). Clients
+            # without Origin passed the Host check in _guarded.
+            origin = self.headers.get("Origin")
+            if origin is not None and origin.strip().lower() != f"http://{self._own_host()}":
+                # A page of another site posting here: its answers are not a rater's.
+                return self._refuse(403, "Forbidden", f"answers from {origin[:100]!r} are not accepted")
+            length = self._body_length()
+            if isinstance(length, str):
+                status, reason = length.split(" ", 1)
+                return self._refuse(int(status), "Bad request", reason)
+            body = self.rfile.read(length)
+            if len(body) < length:
+                return self._refuse(400, "Bad request", f"the answer ended after {len(body)} of {length} bytes")
+            form = parse_qs(body.decode("utf-8", "replace"))
             rater = self._rater(form)
             if rater is None:
                 return self._send(400, _page("Name needed", "<p>Please give a name.</p>"))
@@ -295,9 +373,20 @@ def make_handler(test: TuringTest):
     return Handler
 
 
-def make_server(test: TuringTest, port: int = 0, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """A server on loopback; `port=0` picks a free port (see `server.server_address`)."""
+class TuringServer(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
+
+    def handle_error(self, request, client_address):
+        # The library prints a traceback per failed request; one line says enough.
+        exc = sys.exc_info()[1]
+        print(f"turing-test: {client_address[0]}: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr, flush=True)
+
+
+def make_server(test: TuringTest, port: int = 0, host: str = "127.0.0.1",
+                timeout: float = CONNECTION_TIMEOUT) -> TuringServer:
+    """A server on loopback; `port=0` picks a free port (see `server.server_address`).
+    `timeout` bounds how long a connection may sit idle inside a request."""
     try:
-        return ThreadingHTTPServer((host, port), make_handler(test))
+        return TuringServer((host, port), make_handler(test, timeout))
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

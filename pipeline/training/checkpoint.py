@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pipeline.errors import UserError
+from pipeline.tensor_file import header_problem, parse_metadata_json
 from pipeline.training.config import TrainConfig, config_from_dict
 from pipeline.training.step import TrainState, unwrap
 
@@ -92,23 +93,53 @@ def _refuse_pickle(path: str) -> None:
         )
 
 
+_JSON_NAMES = {int: "an integer", str: "a string", dict: "an object", list: "an array"}
+
+
+def _meta_problem(meta: object) -> str | None:
+    """What is wrong with the shape of a checkpoint's metadata, or None."""
+    if not isinstance(meta, dict):
+        return "metadata is not a JSON object"
+    if meta.get("format") != FORMAT:
+        return f"has format {meta.get('format')!r}, expected {FORMAT!r}"
+    for name, kind in (("step", int), ("preset", str), ("config", dict), ("opt_r", dict), ("opt_d", dict)):
+        if name not in meta:
+            return f"metadata lacks {name}"
+        if not isinstance(meta[name], kind) or isinstance(meta[name], bool):
+            return f"metadata {name} is not {_JSON_NAMES[kind]}"
+    if meta["step"] < 0:
+        return f"metadata step is {meta['step']}"
+    for name in ("opt_r", "opt_d"):
+        for part, kind in (("param_groups", list), ("plain", dict), ("indices", list)):
+            if not isinstance(meta[name].get(part), kind):
+                return f"metadata {name}.{part} is missing or not {_JSON_NAMES[kind]}"
+    return None
+
+
 def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, metadata) of a checkpoint; CheckpointError for anything unsafe or foreign."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     _refuse_pickle(path)
+    problem = header_problem(path)
+    if problem:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: it {problem}")
     try:
         # Tensors and metadata from one opening of the file.
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
+            if "simgan_checkpoint" not in metadata:
+                raise CheckpointError(f"{path} is a safetensors file but not a training checkpoint of this tool")
+            try:
+                meta = parse_metadata_json(metadata["simgan_checkpoint"])
+            except ValueError as exc:
+                raise CheckpointError(f"{path}: checkpoint {exc}") from None
+            problem = _meta_problem(meta)
+            if problem:
+                raise CheckpointError(f"{path}: {problem}")
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
-    if "simgan_checkpoint" not in metadata:
-        raise CheckpointError(f"{path} is a safetensors file but not a training checkpoint of this tool")
-    meta = json.loads(metadata["simgan_checkpoint"])
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     return tensors, meta
 
 
@@ -126,6 +157,16 @@ def restore(state: TrainState, path: str, config: TrainConfig) -> TrainState:
     if meta["config"] != config.to_dict():
         changed = sorted(k for k in meta["config"] if meta["config"][k] != config.to_dict().get(k))
         raise CheckpointError(f"{path} was written with different options ({', '.join(changed)})")
+    try:
+        _load_state(state, tensors, meta)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        # One line, not torch's list of every mismatched parameter.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} does not fit this run's models: {type(exc).__name__}: {reason}") from None
+    return state
+
+
+def _load_state(state: TrainState, tensors: dict, meta: dict) -> None:
     device = state.history.images.device
     unwrap(state.refiner).load_state_dict(_section(tensors, "refiner"))
     unwrap(state.discriminator).load_state_dict(_section(tensors, "discriminator"))
@@ -138,8 +179,7 @@ def restore(state: TrainState, path: str, config: TrainConfig) -> TrainState:
     _load_optimizer("opt_r", state.opt_r, tensors, meta["opt_r"])
     _load_optimizer("opt_d", state.opt_d, tensors, meta["opt_d"])
     torch.set_rng_state(tensors["rng.torch"])
-    state.step = int(meta["step"])
-    return state
+    state.step = meta["step"]
 
 
 def checkpoint_path(folder: str, step: int) -> str:
