@@ -18,12 +18,20 @@ from torch.nn import functional as F
 REFINED, REAL = 1, 0
 
 
+OUTPUT_FORMS = ("logit", "residual")
+
+
 @dataclass(frozen=True)
 class RefinerSpec:
     kernel: int = 3
     features: int = 64
     blocks: int = 4
     channels: int = 1
+    # How the last layer's change is applied (see Refiner.forward).
+    output: str = "logit"
+    # Largest displacement, in pixels, of the learned smooth deformation applied before
+    # the appearance refiner; 0 = no deformation.
+    deform_pixels: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,20 +59,70 @@ class ResnetBlock(nn.Module):
         return F.relu(x + self.conv2(F.relu(self.conv1(x))))
 
 
+class Deformation(nn.Module):
+    """A smooth displacement field predicted from the image, applied by resampling.
+
+    For simulators whose shapes are slightly off (font strokes against pen strokes):
+    a few convolutions predict a 2-channel field, a fixed wide blur makes it smooth,
+    tanh bounds it to `max_pixels`. The last layer starts at zero, so the deformation
+    starts as the identity. Training penalises its size and roughness.
+    """
+
+    def __init__(self, channels: int, max_pixels: float, features: int = 16):
+        super().__init__()
+        self.max_pixels = max_pixels
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, features, 5, padding=2, padding_mode="replicate"), nn.ReLU(),
+            nn.Conv2d(features, features, 5, padding=2, padding_mode="replicate"), nn.ReLU(),
+            nn.Conv2d(features, 2, 3, padding=1, padding_mode="replicate"),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        taps = torch.exp(-torch.arange(-4, 5, dtype=torch.float32) ** 2 / (2 * 2.0**2))
+        self.register_buffer("taps", taps / taps.sum(), persistent=False)
+
+    def field(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2, H, W) displacement in pixels (x then y)."""
+        raw = self.net(x)
+        k = self.taps.to(raw)
+        raw = F.conv2d(F.pad(raw, (4, 4, 0, 0), mode="replicate"), k.view(1, 1, 1, 9).expand(2, 1, 1, 9), groups=2)
+        raw = F.conv2d(F.pad(raw, (0, 0, 4, 4), mode="replicate"), k.view(1, 1, 9, 1).expand(2, 1, 9, 1), groups=2)
+        return self.max_pixels * torch.tanh(raw)
+
+    @staticmethod
+    def warp(x: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+        base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
+        scale = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=x.device, dtype=x.dtype)
+        grid = base.unsqueeze(0) + field.permute(0, 2, 3, 1) * scale
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
 class Refiner(nn.Module):
     """Fully convolutional ResNet, no striding or pooling: any input size, same output size.
 
-    The last layer predicts a change in logit space: output = sigmoid(logit(x) + delta).
-    The output is in [0, 1] like the input (no tanh/[0, 1] mismatch in the L1 term),
-    and a refiner whose delta is near zero is near the identity.
+    The last layer predicts a change `delta`, applied in one of two forms (spec.output):
+    - "logit": output = sigmoid(logit(x) + delta), the original form. At a binary
+      input (0 or 1) it saturates: turning a hard black edge grey takes a large delta.
+    - "residual": t = tanh(delta); output = x + t * (1 - x) where t > 0, x * (1 + t)
+      where t < 0. A bounded step towards white or black whose size does not depend
+      on how saturated the pixel is.
+    Both keep the output in [0, 1] like the input (no tanh/[0, 1] mismatch in the L1
+    term) and are the identity at delta = 0. With spec.deform_pixels > 0 a smooth
+    deformation (Deformation) is applied first.
     """
 
     EPS = 1e-3
 
     def __init__(self, spec: RefinerSpec = RefinerSpec()):
         super().__init__()
+        if spec.output not in OUTPUT_FORMS:
+            raise ValueError(f"unknown refiner output form {spec.output!r}; choose from {OUTPUT_FORMS}")
         self.spec = spec
         k = spec.kernel
+        self.deformation = Deformation(spec.channels, spec.deform_pixels) if spec.deform_pixels > 0 else None
         self.conv_in = nn.Conv2d(spec.channels, spec.features, k, padding=k // 2, padding_mode="replicate")
         self.blocks = nn.Sequential(*[ResnetBlock(spec.features, k) for _ in range(spec.blocks)])
         self.conv_out = nn.Conv2d(spec.features, spec.channels, 1)
@@ -72,10 +130,25 @@ class Refiner(nn.Module):
         nn.init.normal_(self.conv_out.weight, std=1e-3)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.conv_in(x))
-        delta = self.conv_out(self.blocks(h))
+    def appearance(self, x: torch.Tensor) -> torch.Tensor:
+        delta = self.conv_out(self.blocks(F.relu(self.conv_in(x))))
+        if self.spec.output == "residual":
+            t = torch.tanh(delta)
+            return torch.where(t > 0, x + t * (1 - x), x * (1 + t))
         return torch.sigmoid(torch.logit(x.clamp(self.EPS, 1 - self.EPS)) + delta)
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(refined, deformed input, displacement field or None): what training's losses need."""
+        if self.deformation is None:
+            return self.appearance(x), x, None
+        field = self.deformation.field(x)
+        deformed = Deformation.warp(x, field)
+        return self.appearance(deformed), deformed, field
+
+    def forward(self, x: torch.Tensor, parts: bool = False):
+        # `parts` goes through forward (not a method of its own) so a
+        # DistributedDataParallel wrapper still synchronises the gradients.
+        return self.parts(x) if parts else self.parts(x)[0]
 
 
 def refine_array(refiner: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -105,6 +178,7 @@ class DiscriminatorSpec:
     channels: int = 1
     minibatch_kernels: int = 0
     virtual_batch_norm: bool = False
+    spectral_norm: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -112,6 +186,7 @@ class DiscriminatorSpec:
             "channels": self.channels,
             "minibatch_kernels": self.minibatch_kernels,
             "virtual_batch_norm": self.virtual_batch_norm,
+            "spectral_norm": self.spectral_norm,
         }
 
 
@@ -181,9 +256,14 @@ class MinibatchDiscrimination(nn.Module):
 class _Conv(nn.Module):
     """conv, optional virtual batch norm, LeakyReLU (omitted on the output layer)."""
 
-    def __init__(self, maps_in, maps_out, kernel, stride, padding, vbn: bool, activation: bool):
+    def __init__(self, maps_in, maps_out, kernel, stride, padding, vbn: bool, activation: bool,
+                 spectral: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(maps_in, maps_out, kernel, stride, padding)
+        if spectral:
+            # Bounds D's Lipschitz constant: a D that cannot become arbitrarily sharp
+            # keeps giving the refiner gradients it can follow.
+            self.conv = nn.utils.parametrizations.spectral_norm(self.conv)
         self.norm = VirtualBatchNorm(maps_out) if vbn else None
         self.activation = activation
 
@@ -229,7 +309,8 @@ class Discriminator(nn.Module):
         for layer in hidden:
             if layer[0] == "conv":
                 _, out, kernel, stride, padding = layer
-                layers.append(_Conv(maps, out, kernel, stride, padding, spec.virtual_batch_norm, True))
+                layers.append(_Conv(maps, out, kernel, stride, padding, spec.virtual_batch_norm, True,
+                                    spec.spectral_norm))
                 maps = out
             elif layer[0] == "pool":
                 _, kernel, stride, padding = layer
@@ -255,15 +336,18 @@ class Discriminator(nn.Module):
         return (logits, features) if return_features else logits
 
 
-def refiner_preset(name: str, channels: int = 1) -> RefinerSpec:
+def refiner_preset(name: str, channels: int = 1, output: str = "logit", deform_pixels: float = 0.0) -> RefinerSpec:
     if name not in REFINER_PRESETS:
         raise ValueError(f"unknown refiner preset {name!r}; choose from {sorted(REFINER_PRESETS)}")
-    return RefinerSpec(**{**REFINER_PRESETS[name].to_dict(), "channels": channels})
+    return RefinerSpec(**{**REFINER_PRESETS[name].to_dict(), "channels": channels, "output": output,
+                          "deform_pixels": deform_pixels})
 
 
 def discriminator_preset(
-    name: str, channels: int = 1, minibatch_kernels: int = 0, virtual_batch_norm: bool = False
+    name: str, channels: int = 1, minibatch_kernels: int = 0, virtual_batch_norm: bool = False,
+    spectral_norm: bool = False,
 ) -> DiscriminatorSpec:
     if name not in DISCRIMINATOR_PRESETS:
         raise ValueError(f"unknown discriminator preset {name!r}; choose from {sorted(DISCRIMINATOR_PRESETS)}")
-    return DiscriminatorSpec(DISCRIMINATOR_PRESETS[name].layers, channels, minibatch_kernels, virtual_batch_norm)
+    return DiscriminatorSpec(DISCRIMINATOR_PRESETS[name].layers, channels, minibatch_kernels, virtual_batch_norm,
+                             spectral_norm)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import safe_open, save_file
 
 from pipeline.errors import UserError
-from pipeline.models import Refiner, RefinerSpec
+from pipeline.models import OUTPUT_FORMS, Refiner, RefinerSpec
 from pipeline.tensor_file import header_problem, parse_metadata_json
 from pipeline.version import __version__
 
@@ -152,6 +152,10 @@ def _spec(path: str, data: object) -> RefinerSpec:
             raise RefinerFileError(f"{path}: refiner spec {name} is {data[name]}, outside {low}..{high}")
     if data["kernel"] % 2 == 0:
         raise RefinerFileError(f"{path}: refiner spec kernel is {data['kernel']}, it must be odd")
+    if data.get("output", "logit") not in OUTPUT_FORMS:
+        raise RefinerFileError(f"{path}: refiner spec output is {data['output']!r}, not one of {OUTPUT_FORMS}")
+    if not 0 <= data.get("deform_pixels", 0.0) <= 8:
+        raise RefinerFileError(f"{path}: refiner spec deform_pixels is {data['deform_pixels']}, outside 0..8")
     try:
         return RefinerSpec(**data)
     except (TypeError, ValueError) as exc:

@@ -3,7 +3,6 @@
 The refine job's handling of the same labels is in test_refine_bad_input.py.
 """
 
-import time
 
 import numpy as np
 import pytest
@@ -75,11 +74,9 @@ def test_lone_surrogates_are_invalid_but_escaped_pairs_are_text():
     assert shards.decode_labels(b'{"a":"\\ud83d\\ude00"}') == {"a": "\U0001f600"}
 
 
-def test_every_hostile_label_is_decided_quickly():
-    start = time.perf_counter()
-    for data, _ in HOSTILE.values():
-        _kind(data)
-    assert time.perf_counter() - start < 0.5
+def test_every_hostile_label_is_refused_with_its_own_kind():
+    for name, (data, kind) in HOSTILE.items():
+        assert _kind(data) == kind, name
 
 
 def test_validate_shards_reports_each_kind_and_keeps_the_good_samples(tmp_path):

@@ -3,7 +3,6 @@ without allocating what the file claims."""
 
 import json
 import struct
-import time
 
 import pytest
 import torch
@@ -50,9 +49,7 @@ def peak_growth_mb(call) -> float:
 
 def test_a_tiny_file_claiming_4096_features_is_refused_before_building(tmp_path):
     path = forge(tmp_path / "r.safetensors", spec={**TINY_SPEC, "features": 4096})
-    start = time.perf_counter()
-    refused(path, "features is 4096, outside 1..1024")
-    assert time.perf_counter() - start < 1.0
+    assert peak_growth_mb(lambda: refused(path, "features is 4096, outside 1..1024")) < 20
 
 
 def test_weights_that_do_not_fit_an_in_range_spec_are_refused_without_allocating_it(tmp_path):
@@ -64,9 +61,7 @@ def test_weights_that_do_not_fit_an_in_range_spec_are_refused_without_allocating
         with pytest.raises(RefinerFileError, match="do not fit the stated architecture"):
             load_refiner(path)
 
-    start = time.perf_counter()
     assert peak_growth_mb(load) < 100
-    assert time.perf_counter() - start < 2.0
 
 
 def test_a_header_size_bomb_is_refused_before_safetensors_reads_it(tmp_path):

@@ -112,12 +112,14 @@ def test_selection_exports_a_better_candidate_than_the_last(held_out, tmp_path):
 
 def test_no_passing_candidate_is_a_refusal_naming_why():
     records = [{"step": 5, "passed": False, "two_sample": 0.99, "raw_two_sample": 0.95,
-                "failed": ["collapsed: its images keep contrast 0.01"]},
+                "failed": ["collapsed: its images keep contrast 0.01"], "failed_checks": ["collapse"]},
                {"step": 10, "passed": False, "two_sample": 0.97, "raw_two_sample": 0.95,
-                "failed": ["label consistency 0.5 is below min_label_consistency 0.85", "collapsed: x"]}]
+                "failed": ["label consistency 0.5 is below min_label_consistency 0.85", "collapsed: x"],
+                "failed_checks": ["collapse", "labels"]}]
     choice = selection.choose(records)
     assert choice["status"] == "refused" and choice["step"] == 5
-    assert "collapsed" in choice["reason"] and "label consistency" in choice["reason"]
+    assert "collapsed in 2, labels not kept in 1" in choice["reason"]
+    assert "the least bad, step 5: collapsed: its images keep contrast 0.01" in choice["reason"]
 
 
 # A refiner that may change images freely (almost no self-regularisation) and learns 500x

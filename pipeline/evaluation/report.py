@@ -20,9 +20,12 @@ import numpy as np  # noqa: E402
 
 from pipeline.evaluation import images  # noqa: E402
 from pipeline.evaluation.evaluate import REAL, REFINED, SYNTHETIC, refinement_gain  # noqa: E402
+from pipeline.training.outputs import CURVES_FILE, SELECTION_PLOT  # noqa: E402
+from pipeline.training.selection import CHOICE_FILE  # noqa: E402
 
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
-GRID, LOSS_CURVES, WITHIN = "grid.png", "loss_curves.png", "within.png"
+GRID, WITHIN = "grid.png", "within.png"
+LOSS_CURVES = CURVES_FILE
 SOURCES = (SYNTHETIC, REFINED, REAL)
 COLUMN = {SYNTHETIC: "trained on synthetic", REFINED: "trained on refined", REAL: "trained on real"}
 
@@ -232,14 +235,21 @@ def write_report(
     if results["task"] == "gaze":
         within_curve(results, os.path.join(out_dir, WITHIN))
         figures.append((WITHIN, "Real test eyes within d degrees"))
-    training = None
+    training = selected = None
     if train_run_dir:
-        curves = os.path.join(train_run_dir, LOSS_CURVES)
-        if os.path.isfile(curves):
-            if os.path.abspath(curves) != os.path.abspath(os.path.join(out_dir, LOSS_CURVES)):
-                shutil.copyfile(curves, os.path.join(out_dir, LOSS_CURVES))
-            figures.append((LOSS_CURVES, "Refiner training: loss curves"))
+        for name, caption in ((LOSS_CURVES, "Refiner training: loss curves"),
+                              (SELECTION_PLOT, "Checkpoint selection: each candidate's scores on held-out images")):
+            source = os.path.join(train_run_dir, name)
+            if os.path.isfile(source):
+                if os.path.abspath(source) != os.path.abspath(os.path.join(out_dir, name)):
+                    shutil.copyfile(source, os.path.join(out_dir, name))
+                figures.append((name, caption))
         training = _last_metrics(train_run_dir)
+        choice_path = os.path.join(train_run_dir, CHOICE_FILE)
+        if os.path.isfile(choice_path):
+            with open(choice_path) as handle:
+                choice = json.load(handle)
+            selected = f"{choice['status']}: {choice['reason']}"
 
     rows = _rows(results)
     sources = [s for s in SOURCES if s in results["downstream"]]
@@ -254,6 +264,8 @@ def write_report(
         "evaluation time": f"{results['seconds']} s",
         **(extra or {}),
     }
+    if selected:
+        facts["refiner selection"] = selected
     if training:
         facts["last training record"] = json.dumps(training, sort_keys=True)
     versions = results["versions"]

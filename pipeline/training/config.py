@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, fields
 
 from pipeline.errors import UserError
-from pipeline.models import DISCRIMINATOR_PRESETS, REFINER_PRESETS
+from pipeline.models import DISCRIMINATOR_PRESETS, OUTPUT_FORMS, REFINER_PRESETS
 
 CONFIG_FILE = "config.json"
 OPTIMIZERS = ("adam", "sgd")
@@ -67,6 +67,16 @@ class TrainConfig:
     # consistency): weight of the task network's loss on refined images against the
     # simulator's labels; 0 = off.
     label_consistency_weight: float = 0.0
+    # The refiner's output form (pipeline.models.Refiner): "logit" or "residual".
+    refiner_output: str = "logit"
+    # A learned smooth deformation before the appearance refiner, for simulators whose
+    # shapes are slightly off: its largest displacement in pixels (0 = off; keep it off
+    # where geometry is the label, as for gaze), and the weight of its size and
+    # roughness penalty.
+    deform_pixels: float = 0.0
+    deform_weight: float = 0.02
+    # Spectral normalisation of D's hidden convolutions.
+    spectral_norm: bool = False
     # Outputs.
     log_every: int = 10
     sample_every: int = 100
@@ -214,6 +224,12 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise UserError(f"min_label_consistency must be in [0, 1], got {c.min_label_consistency}")
     if c.label_consistency_weight < 0:
         raise UserError(f"label_consistency_weight must be >= 0, got {c.label_consistency_weight}")
+    if c.refiner_output not in OUTPUT_FORMS:
+        raise UserError(f"refiner_output must be one of {OUTPUT_FORMS}, got {c.refiner_output!r}")
+    if not 0.0 <= c.deform_pixels <= 8.0:
+        raise UserError(f"deform_pixels must be in [0, 8], got {c.deform_pixels}")
+    if c.deform_weight < 0:
+        raise UserError(f"deform_weight must be >= 0, got {c.deform_weight}")
     if c.label_consistency_weight > 0 and not c.label:
         raise UserError("label_consistency_weight needs a label: set label=NAME")
     if c.self_reg_weight == 0 and c.pretrain_refiner_steps > 0:

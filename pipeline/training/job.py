@@ -9,13 +9,14 @@ import torch
 from pipeline import manifest
 from pipeline.devices import pick_device
 from pipeline.errors import UserError
-from pipeline.models import Refiner, refiner_preset
+from pipeline.models import Refiner
 from pipeline.refiner_file import save_refiner
 from pipeline.training import selection
 from pipeline.training.config import TrainConfig, make_config, save_config
 from pipeline.training.data import PROBLEMS_FILE, Geometry, check_compatible, read_folder, record_problems
 from pipeline.training.loop import run_local
 from pipeline.training.outputs import plot_loss_curves, plot_selection
+from pipeline.training.step import refiner_spec
 from pipeline.training.task import extract_labels
 
 REFINER_FILE = "refiner.safetensors"
@@ -36,7 +37,7 @@ def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str
     path = os.path.join(run_dir, REFINER_FILE)
     if choice["step"] is None:
         raise RefinerRefused(f"training in {run_dir} scored no candidate refiner")
-    refiner = Refiner(refiner_preset(config.model, geometry.channels))
+    refiner = Refiner(refiner_spec(config, geometry.channels))
     refiner.load_state_dict(selection.load_candidate(run_dir, choice["step"]))
     quality = {"status": choice["status"], "step": choice["step"], "reason": choice["reason"]}
     save_refiner(path, refiner, config.model, geometry.height, geometry.width, geometry.bit_depth, quality=quality)
@@ -64,8 +65,9 @@ def train(
     address: str | None = None,
     local: bool = False,
     stop_after: int | None = None,
-) -> str:
-    """Train a refiner; returns the path of RUN_DIR/refiner.safetensors.
+) -> str | None:
+    """Train a refiner; returns the path of RUN_DIR/refiner.safetensors (None when
+    `stop_after` ended the run before its last step).
 
     The exported refiner is the best scored candidate (pipeline.training.selection);
     when none passes the checks, RefinerRefused is raised after the export.
@@ -102,4 +104,6 @@ def train(
 
         _, geometry = run_ray(config, preset, synthetic_dir, real_dir, run_dir, workers, address, stop_after)
     plot_loss_curves(run_dir)
+    if stop_after is not None and not any(r["step"] == config.total_steps for r in selection.read_records(run_dir)):
+        return None  # stopped early on purpose: nothing to export yet
     return export_refiner(run_dir, config, geometry)

@@ -62,3 +62,11 @@ def psi(images: torch.Tensor, kind: str) -> torch.Tensor:
 def self_regularisation(refined: torch.Tensor, synthetic: torch.Tensor, kind: str = "identity") -> torch.Tensor:
     """Mean L1 distance between psi(refined) and psi(synthetic); both in [0, 1]."""
     return (psi(refined, kind) - psi(synthetic, kind)).abs().mean()
+
+
+def deformation_penalty(field: torch.Tensor) -> torch.Tensor:
+    """Size plus roughness of an (N, 2, H, W) displacement field in pixels: the mean
+    squared displacement and the mean squared difference between neighbours."""
+    size = (field**2).mean()
+    rough = ((field[..., 1:, :] - field[..., :-1, :]) ** 2).mean() + ((field[..., :, 1:] - field[..., :, :-1]) ** 2).mean()
+    return size + rough

@@ -42,6 +42,8 @@ MAX_HELD_OUT = 1000
 MIN_HELD_OUT = 10  # the two-sample test needs at least 10 images per side
 # Steps of each fresh two-sample classifier, whatever the number of held-out images.
 TWO_SAMPLE_STEPS = 300
+COLLAPSE, LABELS, REALISM = "collapse", "labels", "realism"
+CHECK_NAMES = {COLLAPSE: "collapsed", LABELS: "labels not kept", REALISM: "not more realistic"}
 RULE = (
     "a candidate passes when it has not collapsed (contrast and diversity at least half the lower of the "
     "synthetic and real images'), its label consistency is at least min_label_consistency, and its "
@@ -108,21 +110,25 @@ def score(refiner: torch.nn.Module, held_out: HeldOut, config: TrainConfig) -> d
         "raw_two_sample": held_out.raw_two_sample,
         **collapse.collapse_figures(synthetic, refined, real),
     }
-    failed = []
+    failed, checks = [], []
     if figures["collapsed"]:
+        checks.append(COLLAPSE)
         failed.append("collapsed: " + collapse.describe(figures))
     if held_out.network is not None:
         device = held_out.synthetic.device
         figures["label_consistency"] = task.consistency(
             held_out.network, held_out.synthetic, torch.from_numpy(refined).to(device))
         if figures["label_consistency"] < config.min_label_consistency:
+            checks.append(LABELS)
             failed.append(f"label consistency {figures['label_consistency']:.3f} is below "
                           f"min_label_consistency {config.min_label_consistency:.2f}")
     if figures["two_sample"] > held_out.raw_two_sample - config.realism_margin:
+        checks.append(REALISM)
         failed.append(f"not more realistic than the raw synthetic images (two-sample accuracy "
                       f"{figures['two_sample']:.3f}, raw {held_out.raw_two_sample:.3f})")
     figures["passed"] = not failed
     figures["failed"] = failed
+    figures["failed_checks"] = checks
     return figures
 
 
@@ -186,11 +192,12 @@ def choose(records: list[dict]) -> dict:
                 f"passed; step {best['step']} is the most realistic (two-sample {best['two_sample']:.3f}, raw "
                 f"{best['raw_two_sample']:.3f})", "rule": RULE, "scores": best}
     # The least bad candidate is still exported (marked failed) for inspection.
-    worst = min(records, key=lambda r: (len(r["failed"]), r["two_sample"], r["step"]))
-    reasons = sorted({reason.split(":")[0].split(" (")[0] for r in records for reason in r["failed"]})
-    return {"status": "refused", "step": worst["step"], "reason": f"none of the {len(records)} candidates passed ("
-            + "; ".join(reasons) + f"); step {worst['step']}: " + "; ".join(worst["failed"]),
-            "rule": RULE, "scores": worst}
+    least_bad = min(records, key=lambda r: (len(r["failed"]), r["two_sample"], r["step"]))
+    counts = [f"{CHECK_NAMES[check]} in {sum(check in r['failed_checks'] for r in records)}"
+              for check in CHECK_NAMES if any(check in r["failed_checks"] for r in records)]
+    return {"status": "refused", "step": least_bad["step"], "reason": f"none of the {len(records)} candidates passed ("
+            + ", ".join(counts) + f"); the least bad, step {least_bad['step']}: " + "; ".join(least_bad["failed"]),
+            "rule": RULE, "scores": least_bad}
 
 
 def load_candidate(run_dir: str, step: int) -> dict[str, torch.Tensor]:

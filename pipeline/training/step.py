@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.models import REAL, Discriminator, Refiner, discriminator_preset, refiner_preset
+from pipeline.models import REAL, Discriminator, Refiner, RefinerSpec, discriminator_preset, refiner_preset
 from pipeline.training import losses
 from pipeline.training.config import TrainConfig
 from pipeline.training.history import HistoryBuffer
@@ -58,15 +58,20 @@ def make_optimizer(params, config: TrainConfig, lr: float) -> torch.optim.Optimi
     return torch.optim.Adam(params, lr=lr, betas=(config.adam_beta1, config.adam_beta2))
 
 
+def refiner_spec(config: TrainConfig, channels: int) -> RefinerSpec:
+    return refiner_preset(config.model, channels, config.refiner_output, config.deform_pixels)
+
+
 def build_networks(config: TrainConfig, channels: int) -> tuple[Refiner, Discriminator]:
     torch.manual_seed(config.seed)
-    refiner = Refiner(refiner_preset(config.model, channels))
+    refiner = Refiner(refiner_spec(config, channels))
     discriminator = Discriminator(
         discriminator_preset(
             config.model,
             channels,
             minibatch_kernels=config.minibatch_kernels if config.minibatch_discrimination else 0,
             virtual_batch_norm=config.virtual_batch_norm,
+            spectral_norm=config.spectral_norm,
         )
     )
     return refiner, discriminator
@@ -153,10 +158,16 @@ def refiner_update(state: TrainState, config: TrainConfig, synthetic, real, gene
                    labels: torch.Tensor | None = None) -> dict:
     index = draw_index(len(synthetic), config.batch_size, generator).to(synthetic.device)
     x = synthetic[index]
-    refined = state.refiner(x)
-    reg = losses.self_regularisation(refined, x, config.psi)
+    refined, deformed, field = state.refiner(x, parts=True)
+    # With a deformation, L1 keeps the appearance change small; the deformation has
+    # its own penalty (an L1 against the undeformed input would forbid any movement).
+    reg = losses.self_regularisation(refined, deformed, config.psi)
     loss = config.self_reg_weight * reg
     metrics = {"loss_r_reg": reg.item()}
+    if field is not None:
+        penalty = losses.deformation_penalty(field)
+        loss = loss + config.deform_weight * penalty
+        metrics["loss_r_deform"] = penalty.item()
     if adversarial and config.label_consistency_weight > 0:
         consistency = task_loss(state.task_network, refined, labels[index])
         loss = loss + config.label_consistency_weight * consistency
