@@ -123,11 +123,13 @@ def rows_to_table(rows: Iterable[dict]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=COLUMNS + label_names)
 
 
-def write_manifest(path: str, rows: Iterable[dict]) -> None:
-    """Write rows to Parquet atomically (temporary file, then rename)."""
+def write_manifest(path: str, rows: Iterable[dict]) -> pa.Table:
+    """Write rows to Parquet atomically (temporary file, then rename); returns the table."""
     tmp = path + ".tmp"
-    pq.write_table(rows_to_table(rows), tmp)
+    table = rows_to_table(rows)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
+    return table
 
 
 def write_json(path: str, data: dict) -> None:
@@ -155,9 +157,18 @@ def status_counts(rows: Iterable[dict]) -> dict[str, int]:
     return dict(sorted(Counter(row["status"] for row in rows).items()))
 
 
-def commit_shard(folder: str, shard: str, rows: list[dict], extra: dict | None = None) -> dict:
-    """Write a shard's manifest, then its stats file: the marker that the shard is done."""
-    write_manifest(manifest_path(folder, shard), rows)
+def commit_shard(
+    folder: str, shard: str, rows: list[dict], extra: dict | None = None, tables: dict[str, pa.Table] | None = None
+) -> dict:
+    """Write a shard's manifest, then its stats file: the marker that the shard is done.
+
+    With `tables`, the manifest table is also kept there (by shard name), so the dataset
+    manifest need not read it back: with thousands of tiny shards that re-reading was
+    a large part of the run.
+    """
+    table = write_manifest(manifest_path(folder, shard), rows)
+    if tables is not None:
+        tables[os.path.basename(shard)] = table
     stats = {
         "shard": os.path.basename(shard),
         "samples": len(rows),
@@ -195,9 +206,24 @@ def read_manifest(path: str) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
-def write_dataset_manifest(folder: str, extra_summary: dict | None = None) -> dict:
-    """Gather the shard manifests into `manifest.parquet` and write `summary.json`."""
-    tables = [pq.read_table(p) for p in shard_manifest_paths(folder)]
+def write_dataset_manifest(
+    folder: str,
+    extra_summary: dict | None = None,
+    shards: list[str] | None = None,
+    tables: dict[str, pa.Table] | None = None,
+) -> dict:
+    """Gather the shard manifests into `manifest.parquet` and write `summary.json`.
+
+    `shards`: the shard names whose manifests to gather (default: every `*.parquet` in
+    `folder`); a job passes its own, so files it did not write are never counted.
+    `tables`: manifests already in memory, by shard name; the others are read.
+    """
+    if shards is None:
+        paths = {path: path for path in shard_manifest_paths(folder)}
+    else:
+        paths = {shard: manifest_path(folder, shard) for shard in shards}
+    kept = tables or {}
+    tables = [kept[name] if name in kept else pq.read_table(path) for name, path in paths.items()]
     if tables:
         table = pa.concat_tables(tables, promote_options="permissive")
     else:

@@ -37,9 +37,12 @@ def describe_geometry(geometry: tuple[int, int, int, int]) -> str:
     return f"{height}x{width} (HxW), {channels} channel{'s' if channels > 1 else ''}, {bits}-bit"
 
 
-def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> FolderReport:
+def scan_folder(
+    folder: str, progress: Callable[[str], None] | None = None, limits: shards.Limits = shards.DEFAULT_LIMITS
+) -> FolderReport:
     """Read every shard of `folder` and report what is wrong; raises UserError only when
-    the folder itself is missing or holds no shards."""
+    the folder itself is missing or holds no shards, and BadDataset for what would make
+    refine-dataset refuse the folder."""
     paths = shards.require_shards(folder)
     report = FolderReport(folder, shards=len(paths))
     first_shard: dict[str, str] = {}  # key -> shard it first appeared in
@@ -49,7 +52,7 @@ def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> F
 
     for number, path in enumerate(paths, 1):
         shard = os.path.basename(path)
-        for item in shards.iter_shard(path):
+        for item in shards.iter_shard(path, limits):
             if isinstance(item, Problem):
                 report.problems.append(item)
                 if item.key is not None:
@@ -64,7 +67,7 @@ def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> F
             else:
                 first_shard[item.key] = shard
             try:
-                sample = shards.decode_sample(item)
+                sample = shards.decode_sample(item, limits)
             except shards.SampleError as exc:
                 report.problems.append(Problem(shard, item.key, exc.kind, exc.message))
                 continue

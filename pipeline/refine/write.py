@@ -70,6 +70,7 @@ class ShardWriter:
         self.seen_keys = seen_keys
         self.on_commit = on_commit
         self.pending: dict[str, list[dict]] = {}
+        self.tables: dict = {}  # manifests committed by this writer, by shard name
 
     def add_batch(self, batch: dict[str, np.ndarray]) -> None:
         names = list(batch)
@@ -102,6 +103,7 @@ class ShardWriter:
             shard,
             [_manifest_row(row, self.refiner_hash) for row in rows],
             extra={"refiner_hash": self.refiner_hash},
+            tables=self.tables,
         )
         self.on_commit(stats)
         return stats
