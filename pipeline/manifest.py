@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections import Counter
 from typing import Iterable
 
@@ -61,6 +62,26 @@ _TYPES = {
 
 def sha256(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def file_record(path: str, mtime: bool = False) -> dict | None:
+    """Size and sha256 (and, with `mtime`, modification time in ns) of the regular file
+    at `path`, or None when there is none to read. Commit markers hold these so a
+    resumed run can tell a file that changed from one it wrote."""
+    try:
+        # Non-blocking open: a FIFO put in place of a file must not hang the check.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        os.set_blocking(fd, True)
+        record = {"size": info.st_size, "sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
+    if mtime:
+        record["mtime_ns"] = info.st_mtime_ns
+    return record
 
 
 def make_row(
@@ -158,17 +179,26 @@ def status_counts(rows: Iterable[dict]) -> dict[str, int]:
 
 
 def commit_shard(
-    folder: str, shard: str, rows: list[dict], extra: dict | None = None, tables: dict[str, pa.Table] | None = None
+    folder: str,
+    shard: str,
+    rows: list[dict],
+    extra: dict | None = None,
+    tables: dict[str, pa.Table] | None = None,
+    record_manifest: bool = False,
 ) -> dict:
     """Write a shard's manifest, then its stats file: the marker that the shard is done.
 
     With `tables`, the manifest table is also kept there (by shard name), so the dataset
     manifest need not read it back: with thousands of tiny shards that re-reading was
-    a large part of the run.
+    a large part of the run. With `record_manifest`, the marker holds the manifest
+    file's size and sha256 under "manifest".
     """
-    table = write_manifest(manifest_path(folder, shard), rows)
+    path = manifest_path(folder, shard)
+    table = write_manifest(path, rows)
     if tables is not None:
         tables[os.path.basename(shard)] = table
+    if record_manifest:
+        extra = {**(extra or {}), "manifest": file_record(path)}
     stats = {
         "shard": os.path.basename(shard),
         "samples": len(rows),

@@ -55,9 +55,58 @@ def _read_batch(batch: dict[str, np.ndarray], geometry, limits, block_rows):
     yield from read_shards(json.loads(str(paths)), geometry, limits, block_rows)
 
 
-def _stats(out_dir: str, shard: str) -> dict:
-    with open(manifest.stats_path(out_dir, shard)) as handle:
-        return json.load(handle)
+def _stats(out_dir: str, shard: str) -> dict | None:
+    try:
+        with open(manifest.stats_path(out_dir, shard)) as handle:
+            stats = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+def _changed(kind: str, recorded: dict | None, current: dict | None) -> str | None:
+    """Why the file `current` is not the one `recorded` in a marker, or None."""
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        return f"its commit marker holds no hash of the {kind} (written by an older version)"
+    if current is None:
+        return f"the {kind} is missing"
+    if current["size"] != recorded.get("size"):
+        return f"the {kind} is {current['size']} bytes, {recorded.get('size')} when committed"
+    if current["sha256"] != recorded["sha256"]:
+        return f"the {kind}'s content changed since it was committed (sha256 differs)"
+    return None
+
+
+def _redo_reason(in_path: str, out_dir: str, shard: str, refiner_hash: str) -> str | None:
+    """Why a committed shard must be refined again, or None when its marker still
+    describes the input as it is and the outputs as they are."""
+    stats = _stats(out_dir, shard)
+    if stats is None:
+        return "its commit marker is unreadable"
+    previous = stats.get("refiner_hash")
+    if previous != refiner_hash:
+        raise UserError(
+            f"{out_dir} holds shard {shard} refined with another refiner ({previous}); "
+            "pass --overwrite to start over or choose another --out"
+        )
+    return (
+        _changed("input shard", stats.get("input"), manifest.file_record(in_path))
+        or _changed("output tar", stats.get("output"), manifest.file_record(os.path.join(out_dir, shard)))
+        or _changed("shard manifest", stats.get("manifest"), manifest.file_record(manifest.manifest_path(out_dir, shard)))
+    )
+
+
+def check_output_names(names: list[str], in_dir: str) -> None:
+    """Refuse input shards whose outputs would overwrite the dataset's own files."""
+    reserved = {manifest.DATASET_MANIFEST, manifest.SUMMARY}
+    for name in names:
+        outputs = {name, os.path.basename(manifest.manifest_path("", name)), os.path.basename(manifest.stats_path("", name))}
+        clash = sorted(outputs & reserved)
+        if clash:
+            raise shards.BadDataset(
+                f"--in {in_dir}: shard {name} would be refined into {clash[0]}, the dataset's own "
+                f"{'manifest' if clash[0] == manifest.DATASET_MANIFEST else 'summary'}; rename the shard"
+            )
 
 
 def _clear_outputs(out_dir: str, shard_names: list[str]) -> None:
@@ -145,20 +194,25 @@ def refine_dataset(
     if found is not None:
         check_fits(info, *found)
 
-    os.makedirs(out_dir, exist_ok=True)
     names = [os.path.basename(p) for p in paths]
+    check_output_names(names, in_dir)
+    os.makedirs(out_dir, exist_ok=True)
     if overwrite:
         _clear_outputs(out_dir, names)
-    committed = [name for name in names if manifest.is_committed(out_dir, name)]
-    for name in committed:
-        previous = _stats(out_dir, name).get("refiner_hash")
-        if previous != info.content_hash:
-            raise UserError(
-                f"{out_dir} holds shard {name} refined with another refiner ({previous}); "
-                "pass --overwrite to start over or choose another --out"
-            )
+    redone: dict[str, str] = {}
+    for path, name in zip(paths, names):
+        if manifest.is_committed(out_dir, name):
+            reason = _redo_reason(path, out_dir, name, info.content_hash)
+            if reason:
+                redone[name] = reason
+    committed = [name for name in names if manifest.is_committed(out_dir, name) and name not in redone]
+    # Stale outputs go before any new work, so a second interruption cannot leave a
+    # marker that vouches for them.
+    _clear_outputs(out_dir, sorted(redone))
     todo = [p for p in paths if os.path.basename(p) not in set(committed)]
     progress = Progress(len(paths), len(committed), stream)
+    for name, reason in redone.items():
+        print(f"refine: redoing {name}: {reason}", file=progress.stream, flush=True)
     writer = ShardWriter(out_dir, info.content_hash, _committed_keys(out_dir, committed), progress.update)
     if todo:
         _run_pipeline(todo, writer, refiner_path, expected, batch_size, address, device, limits)
@@ -174,6 +228,7 @@ def refine_dataset(
             "image_geometry": geometry_text(expected),
             "shards_refined": progress.shards,
             "shards_skipped": len(committed),
+            "shards_redone": dict(sorted(redone.items())),
             "images_refined": progress.ok,
             "wall_time_s": round(wall, 3),
             "images_per_s": round(progress.ok / wall, 2) if wall > 0 else 0.0,

@@ -58,6 +58,12 @@ def summary_text(summary: dict) -> str:
         f"{summary['images_refined']} images in {summary['wall_time_s']:.1f} s "
         f"({summary['images_per_s']:.1f} images/s)",
     ]
+    redone = summary.get("shards_redone") or {}
+    if redone:
+        lines.append(
+            f"redone {len(redone)} committed shard(s) whose input or outputs changed: "
+            + "; ".join(f"{name} ({reason})" for name, reason in redone.items())
+        )
     failures = {k: v for k, v in summary["by_status"].items() if k != "ok"}
     if failures:
         lines.append("failed samples by reason: " + ", ".join(f"{k}={v}" for k, v in failures.items()))

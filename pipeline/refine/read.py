@@ -8,6 +8,7 @@ image column keeps one fixed shape (it is never written out).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterator
 
@@ -37,6 +38,7 @@ def read_shard(
 ) -> dict[str, np.ndarray]:
     """All rows of the shard at `path`, as numpy columns; `geometry` is what the refiner takes."""
     shard = os.path.basename(path)
+    source = manifest.file_record(path, mtime=True)
     shape, dtype = image_shape(*geometry[:3]), image_dtype(geometry[3])
     rows: list[dict] = []
     images: list[np.ndarray] = []
@@ -85,6 +87,8 @@ def read_shard(
     for name in ("height", "width", "channels", "bit_depth"):
         columns[name] = columns[name].astype(np.int32)
     columns["shard"] = np.full(len(rows), shard, dtype=object)
+    # What was read, for the commit marker: a resumed run redoes the shard if it changed.
+    columns["shard_file"] = np.full(len(rows), json.dumps(source, sort_keys=True), dtype=object)
     columns["index"] = np.arange(len(rows), dtype=np.int64)
     # Lets the writer know when it holds every row of this shard, in any arrival order.
     columns["shard_rows"] = np.full(len(rows), len(rows), dtype=np.int64)

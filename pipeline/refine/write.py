@@ -7,6 +7,7 @@ earlier shard as duplicates, and commits the shard once it holds all of its rows
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
@@ -97,13 +98,19 @@ class ShardWriter:
                     continue
                 self.seen_keys[key] = shard
                 members.append((key, {shards.IMAGE_EXT: row["output_png"], shards.LABEL_EXT: row["label_bytes"]}))
-        shards.write_shard(os.path.join(self.out_dir, shard), members)
+        tar_path = os.path.join(self.out_dir, shard)
+        shards.write_shard(tar_path, members)
         stats = manifest.commit_shard(
             self.out_dir,
             shard,
             [_manifest_row(row, self.refiner_hash) for row in rows],
-            extra={"refiner_hash": self.refiner_hash},
+            extra={
+                "refiner_hash": self.refiner_hash,
+                "input": json.loads(rows[0]["shard_file"]),
+                "output": manifest.file_record(tar_path),
+            },
             tables=self.tables,
+            record_manifest=True,
         )
         self.on_commit(stats)
         return stats
