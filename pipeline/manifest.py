@@ -17,6 +17,7 @@ from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 from pipeline.version import __version__
@@ -241,8 +242,12 @@ def write_dataset_manifest(
     extra_summary: dict | None = None,
     shards: list[str] | None = None,
     tables: dict[str, pa.Table] | None = None,
+    show_problems: int = 0,
 ) -> dict:
     """Gather the shard manifests into `manifest.parquet` and write `summary.json`.
+
+    With `show_problems`, the summary lists that many rows that are not ok (shard, key,
+    status, error) under "problems_shown", in manifest order.
 
     `shards`: the shard names whose manifests to gather (default: every `*.parquet` in
     `folder`); a job passes its own, so files it did not write are never counted.
@@ -272,5 +277,9 @@ def write_dataset_manifest(
         "package_version": __version__,
         **(extra_summary or {}),
     }
+    if show_problems:
+        columns = ["shard", "key", "status", "error"]
+        bad = table.select(columns).filter(pa.compute.not_equal(table.column("status"), OK)).slice(0, show_problems)
+        summary["problems_shown"] = bad.to_pylist()
     write_json(os.path.join(folder, SUMMARY), summary)
     return summary

@@ -623,6 +623,79 @@ def iter_shard(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[RawSample
         yield Problem(shard, None, EMPTY_SHARD, "shard holds no samples")
 
 
+def iter_label_members(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of the label members of a shard, read within `limits`, passing over
+    everything else (image data is seeked over, not read). Stops quietly at anything the
+    full reader (`iter_shard`) would report: this is for cheap dataset-wide checks."""
+    try:
+        stream = _open_regular(path)
+    except OSError:
+        return
+    with stream:
+        size = os.fstat(stream.fileno()).st_size
+        if size > limits.shard_bytes or any(stream.read(6).startswith(magic) for magic in _COMPRESSION_MAGIC):
+            return
+        broken = _header_problem(stream, size)
+        if broken and broken[0] == UNREADABLE_TAR:
+            return
+        stream.seek(0)
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r:")  # seekable: skipped data is not read
+            for info in tar:
+                tar.members = []
+                key, ext = _split_member(_printable(info.name))
+                if "." in ext:
+                    stem, ext = ext.rsplit(".", 1)
+                    key = f"{key}.{stem}"
+                if ext == LABEL_EXT and info.isreg() and info.size <= min(limits.label_bytes, limits.member_bytes):
+                    yield key, tar.extractfile(info).read()
+        except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError):
+            return
+
+
+# A label's kind, as the manifests store it: a column holds one kind across the dataset.
+def label_kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array or object"
+
+
+_KIND_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "object"}
+
+
+def check_label_kinds(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise BadDataset when one label name holds values of different kinds (say an
+    integer in one shard and a string in another): their manifests could not be merged
+    into one column, so this is refused before anything is written. Integers and floats
+    are one kind (a float column); labels that do not decode are left to the per-sample
+    report."""
+    first: dict[str, tuple[str, str, str, object]] = {}  # name -> (kind, shard, key, value)
+    for path in paths:
+        shard = os.path.basename(path)
+        for key, data in iter_label_members(path, limits):
+            try:
+                labels = decode_labels(data, limits.label_bytes)
+            except SampleError:
+                continue
+            for name, value in labels.items():
+                kind = label_kind(value)
+                if kind is None:
+                    continue
+                seen = first.setdefault(name, (kind, shard, key, value))
+                if seen[0] != kind:
+                    raise BadDataset(
+                        f"label {name!r} is {_KIND_NAMES.get(type(seen[3]), seen[0])} in {seen[1]} (key {seen[2]!r}) "
+                        f"but {_KIND_NAMES.get(type(value), kind)} in {shard} (key {key!r}); a label needs one type "
+                        "across the dataset (fix those labels, or refine those shards as a dataset of their own)"
+                    )
+
+
 @dataclass
 class Sample:
     """A decoded sample: image as stored (uint8/uint16) and labels as a dict."""

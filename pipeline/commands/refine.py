@@ -48,7 +48,7 @@ def limits_from(max_member_bytes, max_shard_bytes, max_image_pixels, max_label_b
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder for refined shards and manifests.")
 @click.option("--refiner", "refiner_path", required=True, type=click.Path(), help="Refiner file (.safetensors).")
 @click.option("--overwrite", is_flag=True, help="Start over: discard shards committed by an earlier run.")
-@click.option("--allow-failures", is_flag=True, help="Exit 0 even when some samples failed (they stay recorded).")
+@click.option("--allow-failures", is_flag=True, help="Accepted for compatibility; bad samples never fail the run.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--address", default=None, help="Ray cluster address; default: a local Ray started for this run.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when the cluster has GPUs.")
@@ -57,8 +57,9 @@ def limits_from(max_member_bytes, max_shard_bytes, max_image_pixels, max_label_b
 def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size, address, device, force, **limits):
     """Refine every shard in --in with the refiner; one output shard and manifest per input shard.
 
-    Re-running resumes: shards already committed in --out are skipped. Exits non-zero
-    when any sample failed, unless --allow-failures.
+    Re-running resumes: shards already committed in --out, and unchanged since, are
+    skipped. Bad samples are skipped and reported (exit 0, with a count); exits 2,
+    before writing anything, when the input as a whole is refused.
     """
     from pipeline.refine.job import refine_dataset
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import manifest, shards
+from pipeline.data.validate import check_dataset
 from pipeline.errors import UserError
 from pipeline.refine.progress import Progress, summary_text
 from pipeline.refine.read import geometry_text, group_shards, probe_geometry, read_shards
@@ -34,20 +35,8 @@ LIGHT_TASK_CPUS = 0.5
 # so every CPU still gets a read task): one Ray task and one block per tiny shard cost
 # more than reading it (2,000 one-image shards took 2.8x as long as 16 shards).
 READ_GROUP_BYTES = 16 * 1024 * 1024
-
-
-class FailedSamples(UserError):
-    """Some samples could not be refined; all are recorded in the manifests."""
-
-    def __init__(self, summary: dict):
-        failed = {k: v for k, v in summary["by_status"].items() if k != manifest.OK}
-        super().__init__(
-            f"{summary['failed']} of {summary['samples']} samples failed "
-            f"({', '.join(f'{k}={v}' for k, v in failed.items())}); each is recorded with its key, "
-            f"shard and reason in {os.path.join(summary['out_dir'], manifest.DATASET_MANIFEST)}. "
-            "Pass --allow-failures to accept a partial result."
-        )
-        self.summary = summary
+# Bad samples listed in the closing summary; all of them are in the manifest.
+SHOWN_PROBLEMS = 10
 
 
 def _read_batch(batch: dict[str, np.ndarray], geometry, limits, block_rows):
@@ -94,19 +83,6 @@ def _redo_reason(in_path: str, out_dir: str, shard: str, refiner_hash: str) -> s
         or _changed("output tar", stats.get("output"), manifest.file_record(os.path.join(out_dir, shard)))
         or _changed("shard manifest", stats.get("manifest"), manifest.file_record(manifest.manifest_path(out_dir, shard)))
     )
-
-
-def check_output_names(names: list[str], in_dir: str) -> None:
-    """Refuse input shards whose outputs would overwrite the dataset's own files."""
-    reserved = {manifest.DATASET_MANIFEST, manifest.SUMMARY}
-    for name in names:
-        outputs = {name, os.path.basename(manifest.manifest_path("", name)), os.path.basename(manifest.stats_path("", name))}
-        clash = sorted(outputs & reserved)
-        if clash:
-            raise shards.BadDataset(
-                f"--in {in_dir}: shard {name} would be refined into {clash[0]}, the dataset's own "
-                f"{'manifest' if clash[0] == manifest.DATASET_MANIFEST else 'summary'}; rename the shard"
-            )
 
 
 def _clear_outputs(out_dir: str, shard_names: list[str]) -> None:
@@ -171,9 +147,13 @@ def refine_dataset(
 ) -> dict:
     """Refine every shard in `in_dir` into `out_dir`; returns the dataset summary.
 
-    Committed output shards are skipped (resume) unless `overwrite`. Raises UserError
+    Committed output shards are skipped (resume) unless `overwrite`. Bad samples are
+    skipped and reported (summary counts, manifest rows); they never raise.
+    `allow_failures` is accepted for compatibility and changes nothing. Raises UserError
     before any work for a missing, foreign, unfitting or (unless `force`) failed
-    refiner, and FailedSamples at the end when samples failed and `allow_failures` is False.
+    refiner, and BadDataset (also before any output) for a dataset-wide condition:
+    an input that is not a regular file, a shard name that clashes with the dataset
+    manifest, a label with different types in different samples.
     """
     start = time.perf_counter()
     if batch_size < 1:
@@ -185,17 +165,16 @@ def refine_dataset(
             f"{info.quality.get('reason', 'no reason recorded')}. Train again (see the run's selection.json), "
             "or pass --force to refine with it anyway"
         )
-    paths = shards.require_shards(in_dir, "--in")
+    limits = limits or shards.DEFAULT_LIMITS
+    paths = check_dataset(in_dir, "--in", limits)
     if os.path.realpath(in_dir) == os.path.realpath(out_dir):
         raise UserError("--out must be a different folder from --in (inputs are never overwritten)")
     expected = (info.height, info.width, info.channels, info.bit_depth)
-    limits = limits or shards.DEFAULT_LIMITS
     found = probe_geometry(paths, limits=limits)
     if found is not None:
         check_fits(info, *found)
 
     names = [os.path.basename(p) for p in paths]
-    check_output_names(names, in_dir)
     os.makedirs(out_dir, exist_ok=True)
     if overwrite:
         _clear_outputs(out_dir, names)
@@ -222,6 +201,7 @@ def refine_dataset(
         out_dir,
         shards=names,
         tables=writer.tables,
+        show_problems=SHOWN_PROBLEMS,
         extra_summary={
             "out_dir": out_dir,
             "refiner_hash": info.content_hash,
@@ -235,8 +215,6 @@ def refine_dataset(
         },
     )
     print(summary_text(summary), file=progress.stream, flush=True)
-    if summary["failed"] and not allow_failures:
-        raise FailedSamples(summary)
     return summary
 
 

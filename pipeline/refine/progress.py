@@ -66,6 +66,14 @@ def summary_text(summary: dict) -> str:
         )
     failures = {k: v for k, v in summary["by_status"].items() if k != "ok"}
     if failures:
-        lines.append("failed samples by reason: " + ", ".join(f"{k}={v}" for k, v in failures.items()))
-        lines.append(f"details (key, shard, reason) in {summary['out_dir']}/manifest.parquet")
+        lines.append(
+            f"skipped {summary['failed']} bad sample(s) or shard(s): " + ", ".join(f"{k}={v}" for k, v in failures.items())
+        )
+        for problem in summary.get("problems_shown", []):
+            key = f" key {problem['key']!r}" if problem["key"] is not None else ""
+            lines.append(f"  {problem['shard']}{key}: {problem['status']}: {problem['error']}")
+        hidden = summary["failed"] - len(summary.get("problems_shown", []))
+        more = f"{hidden} more, and " if hidden > 0 else ""
+        lines.append(f"{more}each with its shard, key and reason, in {summary['out_dir']}/manifest.parquet "
+                     "(rows whose status is not ok)")
     return "\n".join(lines)
