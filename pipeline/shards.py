@@ -614,7 +614,9 @@ def iter_shard(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[RawSample
             continue
         if ext in current.members:
             trouble.append((DUPLICATE_KEY, f"two .{ext} members in one sample"))
-        current.members[ext] = data
+        # Only the image and the labels are ever used; holding other members' bytes
+        # would let one sample with many large members cost the whole shard's size.
+        current.members[ext] = data if ext in (IMAGE_EXT, LABEL_EXT) else b""
     if current is not None:
         yield finish(current)
         count += 1

@@ -90,3 +90,17 @@ def test_the_clean_shard_is_untouched_by_its_neighbours(run):
     _, rows, _ = run
     assert set(rows.loc[rows["shard"] == "plain.tar", "status"]) == {manifest.OK}
     assert os.path.exists(manifest.stats_path(str(run[2]), "plain.tar"))
+
+
+def test_a_raised_label_limit_keeps_large_labels_whole(tmp_path, ray_local):  # noqa: F811
+    large = shards.encode_labels({"text": "x" * 100_000})
+    write(tmp_path / "in" / "a.tar", tar_bytes(_good("a") + [("a_big.png", _good("z", 1)[0][1]), ("a_big.json", large)]))
+    refiner = make_refiner(str(tmp_path / "tiny.safetensors"))
+    args = ["--in", str(tmp_path / "in"), "--refiner", refiner]
+    result = CliRunner().invoke(refine, args + ["--out", str(tmp_path / "default")])
+    assert result.exit_code == 0 and "labels_too_large=1" in result.output
+    result = CliRunner().invoke(refine, args + ["--out", str(tmp_path / "raised"), "--max-label-bytes", "200000"])
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(tmp_path / "raised" / manifest.DATASET_MANIFEST).to_pandas().set_index("key")
+    assert rows.loc["a_big", "status"] == manifest.OK and rows.loc["a_big", "label.text"] == "x" * 100_000
+    assert rows.loc["a_big", "labels_json"] == large.decode()

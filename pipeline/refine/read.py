@@ -68,7 +68,10 @@ def read_shard(
         try:
             sample = shards.decode_sample(item, limits)
         except shards.SampleError as exc:
-            add(item.key, exc.kind, exc.message, label_bytes=item.label_bytes, input_bytes=item.image_bytes)
+            # Labels over the limit are not carried on (to the driver, with the row):
+            # they could never be stored, and they can be as large as a member.
+            labels = item.label_bytes if len(item.label_bytes) <= limits.label_bytes else b""
+            add(item.key, exc.kind, exc.message, label_bytes=labels, input_bytes=item.image_bytes)
             continue
         found = shards.image_geometry(sample.image)
         if found != tuple(geometry):

@@ -36,7 +36,9 @@ def _manifest_row(row: dict, refiner_hash: str) -> dict:
     labels, labels_json = None, None
     if row["label_bytes"]:
         try:
-            labels = shards.decode_labels(row["label_bytes"])
+            # The read task applied the label size limit (which may be raised above the
+            # default); only labels within it reach here.
+            labels = shards.decode_labels(row["label_bytes"], max_bytes=len(row["label_bytes"]))
             labels_json = row["label_bytes"].decode("utf-8")
         except shards.SampleError:
             pass  # the row's status already says why the labels are unusable
