@@ -124,6 +124,15 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
+def file_size(path: str) -> int:
+    """Size of the file at `path`; 0 when it vanished since it was listed (its read task
+    then reports it)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def group_shards(paths: list[str], target_bytes: int) -> list[list[str]]:
     """Consecutive shards in groups of about `target_bytes` of tar (a shard larger than
     that is a group of its own); order is kept, so output never depends on grouping
@@ -131,10 +140,7 @@ def group_shards(paths: list[str], target_bytes: int) -> list[list[str]]:
     groups: list[list[str]] = []
     size = 0
     for path in paths:
-        try:
-            bytes_ = os.path.getsize(path)
-        except OSError:
-            bytes_ = 0  # the read task reports the shard; grouping just goes on
+        bytes_ = file_size(path)
         if not groups or size + bytes_ > target_bytes:
             groups.append([])
             size = 0
