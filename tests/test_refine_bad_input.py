@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from pipeline import manifest, shards
 from pipeline.commands.refine import refine
+from pipeline.data.validate import scan_folder
 from refine_helpers import image, make_refiner, ray_local, raw_tar  # noqa: F401 - fixture
 
 
@@ -202,3 +203,10 @@ def test_hostile_labels(run, shard, kind, prefix):
     # Unusable labels are not copied into the manifest, neither as text nor as columns.
     assert row.isna()["labels_json"] and "label.n" not in run["rows"].columns
     assert os.path.exists(manifest.stats_path(str(run["out"]), shard))
+
+
+def test_validate_shards_reports_exactly_what_the_run_skipped(run):
+    reported = {(p.shard, p.key, p.kind) for p in scan_folder(str(run["src"])).problems}
+    bad = run["rows"][run["rows"]["status"] != manifest.OK]
+    skipped = {(s, None if k != k else k, kind) for s, k, kind in zip(bad["shard"], bad["key"], bad["status"])}
+    assert reported == skipped

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from hostile_tars import gzip_bomb, link, png, png_header, tar_bytes, write
 from pipeline import manifest, shards
 from pipeline.commands.refine import refine
+from pipeline.data.validate import scan_folder
 from refine_helpers import SIZE, make_refiner, ray_local  # noqa: F401 - fixture
 
 
@@ -57,11 +58,11 @@ def run(tmp_path_factory, ray_local):  # noqa: F811
         refine, ["--in", str(root / "in"), "--out", str(out), "--refiner", refiner, "--batch-size", "8", "--max-member-bytes", "200000"]
     )
     rows = pq.read_table(out / manifest.DATASET_MANIFEST).to_pandas()
-    return result, rows, out
+    return result, rows, out, root / "in"
 
 
 def test_the_run_exits_zero_with_the_count(run):
-    result, rows, _ = run
+    result, rows, _, _ = run
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     bad = sum(len(expected) for _, expected in CASES.values())
@@ -73,7 +74,7 @@ def test_the_run_exits_zero_with_the_count(run):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_each_case_is_a_row_and_the_good_samples_are_refined(run, name):
-    _, rows, out = run
+    _, rows, out, _ = run
     part = rows[rows["shard"] == f"{name}.tar"]
     bad = part[part["status"] != manifest.OK]
     found = [(None if key is None or key != key else key, kind) for key, kind in zip(bad["key"], bad["status"])]
@@ -87,7 +88,7 @@ def test_each_case_is_a_row_and_the_good_samples_are_refined(run, name):
 
 
 def test_the_clean_shard_is_untouched_by_its_neighbours(run):
-    _, rows, _ = run
+    _, rows, _, _ = run
     assert set(rows.loc[rows["shard"] == "plain.tar", "status"]) == {manifest.OK}
     assert os.path.exists(manifest.stats_path(str(run[2]), "plain.tar"))
 
@@ -104,3 +105,13 @@ def test_a_raised_label_limit_keeps_large_labels_whole(tmp_path, ray_local):  # 
     rows = pq.read_table(tmp_path / "raised" / manifest.DATASET_MANIFEST).to_pandas().set_index("key")
     assert rows.loc["a_big", "status"] == manifest.OK and rows.loc["a_big", "label.text"] == "x" * 100_000
     assert rows.loc["a_big", "labels_json"] == large.decode()
+
+
+def test_validate_shards_reports_exactly_what_the_run_skipped(run):
+    _, rows, _, in_dir = run
+    report = scan_folder(str(in_dir), limits=shards.Limits(member_bytes=200_000))
+    reported = {(p.shard, p.key, p.kind) for p in report.problems}
+    bad = rows[rows["status"] != manifest.OK]
+    skipped = {(s, None if k != k else k, kind) for s, k, kind in zip(bad["shard"], bad["key"], bad["status"])}
+    assert reported == skipped
+    assert report.good == int((rows["status"] == manifest.OK).sum())
