@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
 ]
 
 TEST_REQUIRES = [
+    "hypothesis==6.170.17",
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
     "selenium==4.38.0",

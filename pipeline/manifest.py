@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections import Counter
 from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 from pipeline.version import __version__
@@ -61,6 +63,26 @@ _TYPES = {
 
 def sha256(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def file_record(path: str, mtime: bool = False) -> dict | None:
+    """Size and sha256 (and, with `mtime`, modification time in ns) of the regular file
+    at `path`, or None when there is none to read. Commit markers hold these so a
+    resumed run can tell a file that changed from one it wrote."""
+    try:
+        # Non-blocking open: a FIFO put in place of a file must not hang the check.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        os.set_blocking(fd, True)
+        record = {"size": info.st_size, "sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
+    if mtime:
+        record["mtime_ns"] = info.st_mtime_ns
+    return record
 
 
 def make_row(
@@ -123,11 +145,13 @@ def rows_to_table(rows: Iterable[dict]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=COLUMNS + label_names)
 
 
-def write_manifest(path: str, rows: Iterable[dict]) -> None:
-    """Write rows to Parquet atomically (temporary file, then rename)."""
+def write_manifest(path: str, rows: Iterable[dict]) -> pa.Table:
+    """Write rows to Parquet atomically (temporary file, then rename); returns the table."""
     tmp = path + ".tmp"
-    pq.write_table(rows_to_table(rows), tmp)
+    table = rows_to_table(rows)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
+    return table
 
 
 def write_json(path: str, data: dict) -> None:
@@ -155,9 +179,27 @@ def status_counts(rows: Iterable[dict]) -> dict[str, int]:
     return dict(sorted(Counter(row["status"] for row in rows).items()))
 
 
-def commit_shard(folder: str, shard: str, rows: list[dict], extra: dict | None = None) -> dict:
-    """Write a shard's manifest, then its stats file: the marker that the shard is done."""
-    write_manifest(manifest_path(folder, shard), rows)
+def commit_shard(
+    folder: str,
+    shard: str,
+    rows: list[dict],
+    extra: dict | None = None,
+    tables: dict[str, pa.Table] | None = None,
+    record_manifest: bool = False,
+) -> dict:
+    """Write a shard's manifest, then its stats file: the marker that the shard is done.
+
+    With `tables`, the manifest table is also kept there (by shard name), so the dataset
+    manifest need not read it back: with thousands of tiny shards that re-reading was
+    a large part of the run. With `record_manifest`, the marker holds the manifest
+    file's size and sha256 under "manifest".
+    """
+    path = manifest_path(folder, shard)
+    table = write_manifest(path, rows)
+    if tables is not None:
+        tables[os.path.basename(shard)] = table
+    if record_manifest:
+        extra = {**(extra or {}), "manifest": file_record(path)}
     stats = {
         "shard": os.path.basename(shard),
         "samples": len(rows),
@@ -195,9 +237,28 @@ def read_manifest(path: str) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
-def write_dataset_manifest(folder: str, extra_summary: dict | None = None) -> dict:
-    """Gather the shard manifests into `manifest.parquet` and write `summary.json`."""
-    tables = [pq.read_table(p) for p in shard_manifest_paths(folder)]
+def write_dataset_manifest(
+    folder: str,
+    extra_summary: dict | None = None,
+    shards: list[str] | None = None,
+    tables: dict[str, pa.Table] | None = None,
+    show_problems: int = 0,
+) -> dict:
+    """Gather the shard manifests into `manifest.parquet` and write `summary.json`.
+
+    With `show_problems`, the summary lists that many rows that are not ok (shard, key,
+    status, error) under "problems_shown", in manifest order.
+
+    `shards`: the shard names whose manifests to gather (default: every `*.parquet` in
+    `folder`); a job passes its own, so files it did not write are never counted.
+    `tables`: manifests already in memory, by shard name; the others are read.
+    """
+    if shards is None:
+        paths = {path: path for path in shard_manifest_paths(folder)}
+    else:
+        paths = {shard: manifest_path(folder, shard) for shard in shards}
+    kept = tables or {}
+    tables = [kept[name] if name in kept else pq.read_table(path) for name, path in paths.items()]
     if tables:
         table = pa.concat_tables(tables, promote_options="permissive")
     else:
@@ -216,5 +277,9 @@ def write_dataset_manifest(folder: str, extra_summary: dict | None = None) -> di
         "package_version": __version__,
         **(extra_summary or {}),
     }
+    if show_problems:
+        columns = ["shard", "key", "status", "error"]
+        bad = table.select(columns).filter(pa.compute.not_equal(table.column("status"), OK)).slice(0, show_problems)
+        summary["problems_shown"] = bad.to_pylist()
     write_json(os.path.join(folder, SUMMARY), summary)
     return summary

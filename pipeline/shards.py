@@ -11,14 +11,15 @@ import io
 import json
 import os
 import re
+import stat
 import tarfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, NoReturn
 
 import numpy as np
 import webdataset as wds
 from PIL import Image
-from webdataset.tariterators import tar_file_iterator
 
 from pipeline.errors import UserError
 
@@ -45,6 +46,11 @@ LABEL_INT_OVERFLOW = "label_int_overflow"  # an integer outside int64
 LABEL_NOT_FINITE = "label_not_finite"  # NaN, Infinity, -Infinity, or a float like 1e400
 LABEL_DUPLICATE_KEY = "label_duplicate_key"  # one object with the same name twice
 WRONG_SHAPE = "wrong_shape"
+COMPRESSED_TAR = "compressed_tar"  # gzip, bzip2, xz, zstd or lz4 data under a .tar name
+SHARD_TOO_LARGE = "shard_too_large"  # the shard file is over Limits.shard_bytes
+MEMBER_TOO_LARGE = "member_too_large"  # one member over Limits.member_bytes
+MEMBER_NOT_A_FILE = "member_not_a_file"  # a symlink, hard link, device or FIFO entry
+IMAGE_TOO_LARGE = "image_too_large"  # width x height over Limits.image_pixels
 
 # Real labels are a few hundred bytes (a class, a gaze vector, a few dozen landmarks) and
 # nest two or three levels; these limits leave ample room above that while bounding what
@@ -54,6 +60,40 @@ MAX_LABEL_BYTES = 64 * 1024
 MAX_LABEL_DEPTH = 32
 # Label columns of the manifests are int64; a larger integer could not be stored.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Extended headers (pax, GNU long names) are read whole by tarfile before any check of
+# ours can run; real ones are a few hundred bytes.
+MAX_META_HEADER_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one shard or sample may cost; anything over a limit is a reported problem.
+
+    The defaults sit far above real data (shards of a few hundred MB, images of at most a
+    few hundred pixels a side, labels of a few hundred bytes) and keep one read task well
+    under 2 GB: a task holds one member, one decoded image and the shard's label bytes.
+    Tars are read uncompressed only, so `shard_bytes` bounds the bytes decompressed too.
+    """
+
+    member_bytes: int = 64 * 1024 * 1024
+    shard_bytes: int = 1024 * 1024 * 1024
+    image_pixels: int = 4096 * 4096
+    label_bytes: int = MAX_LABEL_BYTES
+
+    def __post_init__(self):
+        for name in ("member_bytes", "shard_bytes", "image_pixels", "label_bytes"):
+            if getattr(self, name) < 1:
+                raise UserError(f"limit {name} must be at least 1, got {getattr(self, name)}")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class BadDataset(UserError):
+    """A condition of the whole input (not of one sample) that stops a job before it
+    writes anything; the CLI exits 2 on it."""
+
+    exit_code = 2
 
 
 class SampleError(ValueError):
@@ -133,25 +173,46 @@ def encode_png(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """An image as HxW uint8/uint16 or HxWx3 uint8; raises SampleError otherwise."""
+def decode_png(data: bytes, max_pixels: int = DEFAULT_LIMITS.image_pixels) -> np.ndarray:
+    """An image as HxW uint8/uint16 or HxWx3 uint8; raises SampleError otherwise.
+
+    Image.open reads only the header, so the size is checked before any pixel is
+    decoded: a 12000x12000 PNG of a few KB would otherwise cost hundreds of MB.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as pil:
-            if pil.format != "PNG":
-                raise SampleError(UNDECODABLE_IMAGE, f"image is {pil.format}, not PNG")
-            pil.load()
-            mode = pil.mode
-            if mode in ("L", "RGB"):
-                return np.asarray(pil, dtype=np.uint8).copy()
-            if mode in ("I;16", "I;16B"):
-                return np.asarray(pil).astype(np.uint16)
-            if mode == "I":  # some encoders' 16-bit grey; values still fit 16 bits
-                return np.asarray(pil).astype(np.uint16)
-            raise SampleError(UNDECODABLE_IMAGE, f"unsupported PNG mode {mode!r} (use L, RGB or I;16)")
+        with warnings.catch_warnings():
+            # Sizes between PIL's two bomb thresholds only warn; ours is lower anyway.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as pil:
+                return _decode_open_png(pil, max_pixels)
     except SampleError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise SampleError(IMAGE_TOO_LARGE, f"image is too large to decode: {_one_line(exc)}") from None
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise SampleError(UNDECODABLE_IMAGE, f"cannot decode PNG: {exc}") from None
+        # PIL's text can name the in-memory file by its address, which would make two
+        # runs over the same bytes write different manifests.
+        text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "(the image bytes)", _one_line(exc))
+        raise SampleError(UNDECODABLE_IMAGE, f"cannot decode PNG: {text}") from None
+
+
+def _decode_open_png(pil: Image.Image, max_pixels: int) -> np.ndarray:
+    if pil.format != "PNG":
+        raise SampleError(UNDECODABLE_IMAGE, f"image is {pil.format}, not PNG")
+    width, height = pil.size
+    if width * height > max_pixels:
+        raise SampleError(IMAGE_TOO_LARGE, f"image is {height}x{width} (HxW), over the limit of {max_pixels} pixels")
+    if width == 0 or height == 0:
+        raise SampleError(UNDECODABLE_IMAGE, f"image is {height}x{width} (HxW): it has no pixels")
+    pil.load()
+    mode = pil.mode
+    if mode in ("L", "RGB"):
+        return np.asarray(pil, dtype=np.uint8).copy()
+    if mode in ("I;16", "I;16B"):
+        return np.asarray(pil).astype(np.uint16)
+    if mode == "I":  # some encoders' 16-bit grey; values still fit 16 bits
+        return np.asarray(pil).astype(np.uint16)
+    raise SampleError(UNDECODABLE_IMAGE, f"unsupported PNG mode {mode!r} (use L, RGB or I;16)")
 
 
 def encode_labels(labels: dict) -> bytes:
@@ -214,11 +275,11 @@ def _unique_names(pairs: list[tuple[str, object]]) -> dict:
     return labels
 
 
-def decode_labels(data: bytes) -> dict:
+def decode_labels(data: bytes, max_bytes: int = MAX_LABEL_BYTES) -> dict:
     """Labels as a dict; raises SampleError (one of the label kinds above) for anything a
     manifest could not store faithfully or that would cost unbounded time or memory."""
-    if len(data) > MAX_LABEL_BYTES:
-        raise SampleError(LABELS_TOO_LARGE, f"label JSON is {len(data)} bytes, the limit is {MAX_LABEL_BYTES}")
+    if len(data) > max_bytes:
+        raise SampleError(LABELS_TOO_LARGE, f"label JSON is {len(data)} bytes, the limit is {max_bytes}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -304,9 +365,34 @@ def list_shards(folder: str) -> list[str]:
     )
 
 
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def not_regular(path: str) -> str | None:
+    """Why `path` is not a readable regular file (links are followed), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a link to nothing" if os.path.islink(path) else "gone (deleted while listed)"
+    except OSError as exc:
+        return f"not readable ({exc.strerror})"
+    return None if stat.S_ISREG(mode) else _file_kind(mode)
+
+
 def require_shards(folder: str, role: str = "") -> list[str]:
     """`list_shards` for a folder the user named: a missing folder, or one without
-    shards, is a UserError naming it (and its `role`, e.g. "synthetic")."""
+    shards, is a UserError naming it (and its `role`, e.g. "synthetic"); a `.tar` entry
+    that is not a regular file (a FIFO would block every reader forever) is BadDataset."""
     what = f"{role} folder" if role else "folder"
     try:
         paths = list_shards(folder)
@@ -314,10 +400,29 @@ def require_shards(folder: str, role: str = "") -> list[str]:
         raise UserError(f"{what} not found: {folder}") from None
     if not paths:
         raise UserError(f"{what} {folder} holds no .tar shards")
+    for path in paths:
+        why = not_regular(path)
+        if why:
+            raise BadDataset(f"{what} {folder}: {os.path.basename(path)} is {why}, not a regular file; "
+                             "only regular files are read (move it out of the folder)")
     return paths
 
 
 # ---------------------------------------------------------------- reading
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _printable(name: str) -> str:
+    """A member name as text: bytes that are not UTF-8 (kept by tarfile as surrogate
+    escapes, which no Parquet string or terminal accepts) are shown as \\xNN."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -328,67 +433,146 @@ def _split_member(name: str) -> tuple[str, str]:
     return key, ext if dot else ""
 
 
-def _tar_members(path: str, problems: list[Problem]) -> Iterator[tuple[str, bytes]]:
-    shard = os.path.basename(path)
-    read_any = False
+# Leading bytes of the compressed formats tar files are commonly wrapped in.
+_COMPRESSION_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x04\x22\x4d\x18": "lz4",
+}
+
+
+def _open_regular(path: str):
+    """The file at `path` opened for reading, or OSError when it is not a regular file.
+
+    Opened non-blocking: a FIFO that appeared after the listing would otherwise block
+    here until some other process writes to it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        with open(path, "rb") as stream:
-            failures: list[Exception] = []
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{_file_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
-            def keep(exc: Exception) -> bool:
-                failures.append(exc)
-                return False
 
-            for member in tar_file_iterator(stream, handler=keep):
+@dataclass
+class _MemberTrouble:
+    kind: str
+    message: str
+
+
+def _member_type(info: tarfile.TarInfo) -> str:
+    if info.issym():
+        return f"a symbolic link to {_printable(info.linkname)!r}"
+    if info.islnk():
+        return f"a hard link to {_printable(info.linkname)!r}"
+    if info.isfifo():
+        return "a FIFO entry"
+    if info.ischr() or info.isblk():
+        return "a device entry"
+    return f"an entry of tar type {info.type!r}"
+
+
+def _tar_members(path: str, problems: list[Problem], limits: Limits) -> Iterator[tuple[str, bytes | _MemberTrouble]]:
+    shard = os.path.basename(path)
+    try:
+        stream = _open_regular(path)
+    except OSError as exc:
+        problems.append(Problem(shard, None, UNREADABLE_TAR, f"cannot open the shard: {exc.strerror or exc}"))
+        return
+    with stream:
+        size = os.fstat(stream.fileno()).st_size
+        if size > limits.shard_bytes:
+            problems.append(Problem(shard, None, SHARD_TOO_LARGE,
+                                    f"shard is {size} bytes, over the limit of {limits.shard_bytes}; nothing was read"))
+            return
+        head = stream.read(6)
+        for magic, format_name in _COMPRESSION_MAGIC.items():
+            if head.startswith(magic):
+                problems.append(Problem(shard, None, COMPRESSED_TAR,
+                                        f"shard is {format_name}-compressed; only uncompressed tars are read "
+                                        "(decompress it and name the result .tar)"))
+                return
+        if size == 0:
+            problems.append(Problem(shard, None, UNREADABLE_TAR, "not a readable tar file: the file is empty (0 bytes)"))
+            return
+        # Walked before reading: tarfile treats a header cut short as the end of the
+        # archive, silently, and reads extended headers whole whatever their size.
+        broken = _header_problem(stream, size)
+        if broken and broken[0] == UNREADABLE_TAR:
+            problems.append(Problem(shard, None, *broken))
+            return
+        stream.seek(0)
+        read_any = False
+        try:
+            # "r|": a plain tar stream. "r|*" (WebDataset's reader) would also inflate
+            # compressed data, without bound.
+            tar = tarfile.open(fileobj=stream, mode="r|")
+            for info in tar:
+                tar.members = []  # the stream reader keeps every header otherwise
+                if info.isdir():
+                    continue  # a folder entry carries no sample data
                 read_any = True
-                yield member["fname"], member["data"]
-            if failures:
-                raise failures[0]
-        # tarfile treats a header cut short as the end of the archive, silently.
-        missing_end = _missing_end_marker(path)
-        if missing_end and read_any:
-            problems.append(Problem(shard, None, TRUNCATED_TAR, missing_end))
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        size = os.path.getsize(path) if os.path.exists(path) else 0
-        truncated = read_any or "unexpected end" in str(exc).lower()
-        if truncated and size > 0:
-            problems.append(Problem(shard, None, TRUNCATED_TAR, f"tar ends early, samples after the break are lost: {exc}"))
-        else:
-            problems.append(Problem(shard, None, UNREADABLE_TAR, f"not a readable tar file: {exc}"))
+                if not info.isreg():
+                    yield info.name, _MemberTrouble(MEMBER_NOT_A_FILE, f"member {_printable(info.name)!r} is {_member_type(info)}, not a file")
+                elif info.size > limits.member_bytes:
+                    yield info.name, _MemberTrouble(MEMBER_TOO_LARGE, f"member {_printable(info.name)!r} is {info.size} bytes, over the limit of {limits.member_bytes}")
+                else:
+                    yield info.name, tar.extractfile(info).read()
+        except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError) as exc:
+            if read_any:
+                problems.append(Problem(shard, None, TRUNCATED_TAR, f"tar ends early, samples after the break are lost: {_one_line(exc)}"))
+            else:
+                problems.append(Problem(shard, None, UNREADABLE_TAR, f"not a readable tar file: {_one_line(exc)}"))
+            return
+        if broken:
+            problems.append(Problem(shard, None, *broken) if read_any else
+                            Problem(shard, None, UNREADABLE_TAR, f"not a readable tar file: {broken[1]}"))
 
 
-def _missing_end_marker(path: str) -> str | None:
-    """Why the tar at `path` stops before its end-of-archive block, or None if it doesn't.
+def _header_problem(stream, size: int) -> tuple[str, str] | None:
+    """(kind, why) when the tar in `stream` stops before its end-of-archive block or
+    holds an extended header over MAX_META_HEADER_BYTES; None for a complete tar.
 
     Walks the 512-byte headers (each states its data size) up to the zero block that ends
-    every complete tar.
+    every complete tar; only headers are read.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as stream:
-        offset = 0
-        while True:
-            header = stream.read(tarfile.BLOCKSIZE)
-            if len(header) < tarfile.BLOCKSIZE:
-                return f"tar ends at byte {size} inside a member header, before the end-of-archive block"
-            if header == tarfile.NUL * tarfile.BLOCKSIZE:
-                return None
-            try:
-                info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
-            except tarfile.HeaderError as exc:
-                return f"bad member header at byte {offset}: {exc}"
-            blocks = -(-info.size // tarfile.BLOCKSIZE)
-            offset += tarfile.BLOCKSIZE * (1 + blocks)
-            if offset > size:
-                return f"member {info.name!r} needs {offset} bytes, the file has {size}"
-            stream.seek(offset)
+    offset = 0
+    stream.seek(0)
+    while True:
+        header = stream.read(tarfile.BLOCKSIZE)
+        if len(header) < tarfile.BLOCKSIZE:
+            return TRUNCATED_TAR, f"tar ends at byte {size} inside a member header, before the end-of-archive block"
+        if header == tarfile.NUL * tarfile.BLOCKSIZE:
+            return None
+        try:
+            info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+        except tarfile.HeaderError as exc:
+            return TRUNCATED_TAR, f"bad member header at byte {offset}: {_one_line(exc)}"
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                         tarfile.GNUTYPE_LONGLINK) and info.size > MAX_META_HEADER_BYTES:
+            return UNREADABLE_TAR, (f"extended header at byte {offset} is {info.size} bytes, "
+                                    f"over the limit of {MAX_META_HEADER_BYTES}")
+        blocks = -(-info.size // tarfile.BLOCKSIZE)
+        offset += tarfile.BLOCKSIZE * (1 + blocks)
+        if offset > size:
+            return TRUNCATED_TAR, f"member {_printable(info.name)!r} needs {offset} bytes, the file has {size}"
+        stream.seek(offset)
 
 
-def iter_shard(path: str) -> Iterator[RawSample | Problem]:
+def iter_shard(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[RawSample | Problem]:
     """Samples of one shard, in stored order, interleaved with the problems found.
 
     Members are grouped by key as WebDataset does (adjacent members share a key). Every
     yielded RawSample is well formed: a valid, unique key with an image and a label
     member. Anything else is yielded as a Problem naming the shard, key and reason.
+    Never raises for what the file holds, and reads at most `limits` of it.
     """
     shard = os.path.basename(path)
     problems: list[Problem] = []
@@ -409,8 +593,8 @@ def iter_shard(path: str) -> Iterator[RawSample | Problem]:
             return Problem(shard, sample.key, MISSING_LABELS, f"no .{LABEL_EXT} member")
         return sample
 
-    for name, data in _tar_members(path, problems):
-        key, ext = _split_member(name)
+    for name, data in _tar_members(path, problems, limits):
+        key, ext = _split_member(_printable(name))
         # Readers split "a.b.png" into key "a" and extension "b.png"; the writer meant
         # key "a.b", which is what a user needs to see in the report.
         if "." in ext:
@@ -425,15 +609,93 @@ def iter_shard(path: str) -> Iterator[RawSample | Problem]:
             problem = key_problem(key)
             if problem:
                 trouble.append((BAD_KEY, problem))
+        if isinstance(data, _MemberTrouble):
+            trouble.append((data.kind, data.message))
+            continue
         if ext in current.members:
             trouble.append((DUPLICATE_KEY, f"two .{ext} members in one sample"))
-        current.members[ext] = data
+        # Only the image and the labels are ever used; holding other members' bytes
+        # would let one sample with many large members cost the whole shard's size.
+        current.members[ext] = data if ext in (IMAGE_EXT, LABEL_EXT) else b""
     if current is not None:
         yield finish(current)
         count += 1
     yield from problems
     if count == 0 and not problems:
         yield Problem(shard, None, EMPTY_SHARD, "shard holds no samples")
+
+
+def iter_label_members(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of the label members of a shard, read within `limits`, passing over
+    everything else (image data is seeked over, not read). Stops quietly at anything the
+    full reader (`iter_shard`) would report: this is for cheap dataset-wide checks."""
+    try:
+        stream = _open_regular(path)
+    except OSError:
+        return
+    with stream:
+        size = os.fstat(stream.fileno()).st_size
+        if size > limits.shard_bytes or any(stream.read(6).startswith(magic) for magic in _COMPRESSION_MAGIC):
+            return
+        broken = _header_problem(stream, size)
+        if broken and broken[0] == UNREADABLE_TAR:
+            return
+        stream.seek(0)
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r:")  # seekable: skipped data is not read
+            for info in tar:
+                tar.members = []
+                key, ext = _split_member(_printable(info.name))
+                if "." in ext:
+                    stem, ext = ext.rsplit(".", 1)
+                    key = f"{key}.{stem}"
+                if ext == LABEL_EXT and info.isreg() and info.size <= min(limits.label_bytes, limits.member_bytes):
+                    yield key, tar.extractfile(info).read()
+        except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError):
+            return
+
+
+# A label's kind, as the manifests store it: a column holds one kind across the dataset.
+def label_kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array or object"
+
+
+_KIND_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "object"}
+
+
+def check_label_kinds(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise BadDataset when one label name holds values of different kinds (say an
+    integer in one shard and a string in another): their manifests could not be merged
+    into one column, so this is refused before anything is written. Integers and floats
+    are one kind (a float column); labels that do not decode are left to the per-sample
+    report."""
+    first: dict[str, tuple[str, str, str, object]] = {}  # name -> (kind, shard, key, value)
+    for path in paths:
+        shard = os.path.basename(path)
+        for key, data in iter_label_members(path, limits):
+            try:
+                labels = decode_labels(data, limits.label_bytes)
+            except SampleError:
+                continue
+            for name, value in labels.items():
+                kind = label_kind(value)
+                if kind is None:
+                    continue
+                seen = first.setdefault(name, (kind, shard, key, value))
+                if seen[0] != kind:
+                    raise BadDataset(
+                        f"label {name!r} is {_KIND_NAMES.get(type(seen[3]), seen[0])} in {seen[1]} (key {seen[2]!r}) "
+                        f"but {_KIND_NAMES.get(type(value), kind)} in {shard} (key {key!r}); a label needs one type "
+                        "across the dataset (fix those labels, or refine those shards as a dataset of their own)"
+                    )
 
 
 @dataclass
@@ -447,8 +709,8 @@ class Sample:
     raw: RawSample
 
 
-def decode_sample(raw: RawSample) -> Sample:
+def decode_sample(raw: RawSample, limits: Limits = DEFAULT_LIMITS) -> Sample:
     """Decode image and labels; raises SampleError naming what is wrong."""
-    image = decode_png(raw.image_bytes)
-    labels = decode_labels(raw.label_bytes)
+    image = decode_png(raw.image_bytes, limits.image_pixels)
+    labels = decode_labels(raw.label_bytes, limits.label_bytes)
     return Sample(raw.shard, raw.key, image, labels, raw)

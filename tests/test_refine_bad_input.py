@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from pipeline import manifest, shards
 from pipeline.commands.refine import refine
+from pipeline.data.validate import scan_folder
 from refine_helpers import image, make_refiner, ray_local, raw_tar  # noqa: F401 - fixture
 
 
@@ -103,13 +104,20 @@ def _check(run, shard, kind, key, good):
     return bad.iloc[0]
 
 
-def test_the_run_exits_non_zero_and_names_the_manifest(run):
-    assert run["result"].exit_code == 1
+def test_the_run_exits_zero_with_a_count_and_names_the_manifest(run):
+    # Bad samples are skipped and reported; they do not fail the run.
+    assert run["result"].exit_code == 0, run["result"].output
     assert "Traceback" not in run["result"].output
-    assert "failed" in run["result"].output and "manifest.parquet" in run["result"].output
+    bad = int((run["rows"]["status"] != manifest.OK).sum())
+    assert bad == 19  # one per bad case above, and the sample the truncation cut in two
+    assert f"skipped {bad} bad sample(s) or shard(s): " in run["result"].output
+    assert "manifest.parquet" in run["result"].output
+    # The first few are spelled out: shard, key and reason.
+    assert "  corrupt_png.tar key 'corrupt_bad': undecodable_image: cannot decode PNG" in run["result"].output
+    assert f"{bad - 10} more, and each with its shard, key and reason" in run["result"].output
 
 
-def test_allow_failures_exits_zero_and_keeps_the_record(run):
+def test_allow_failures_is_accepted_and_changes_nothing(run):
     again = CliRunner().invoke(refine, ["--in", str(run["src"]), "--out", str(run["out"]), "--refiner", run["refiner"], "--allow-failures"])
     assert again.exit_code == 0, again.output
     rows = pq.read_table(run["out"] / manifest.DATASET_MANIFEST).to_pandas()
@@ -195,3 +203,10 @@ def test_hostile_labels(run, shard, kind, prefix):
     # Unusable labels are not copied into the manifest, neither as text nor as columns.
     assert row.isna()["labels_json"] and "label.n" not in run["rows"].columns
     assert os.path.exists(manifest.stats_path(str(run["out"]), shard))
+
+
+def test_validate_shards_reports_exactly_what_the_run_skipped(run):
+    reported = {(p.shard, p.key, p.kind) for p in scan_folder(str(run["src"])).problems}
+    bad = run["rows"][run["rows"]["status"] != manifest.OK]
+    skipped = {(s, None if k != k else k, kind) for s, k, kind in zip(bad["shard"], bad["key"], bad["status"])}
+    assert reported == skipped

@@ -10,6 +10,7 @@ from pipeline.data import digits
 from pipeline.data import import_real as importers
 from pipeline.data import simulate as simulation
 from pipeline.data import validate
+from pipeline.commands.refine import as_click_error, limit_options, limits_from
 from pipeline.errors import UserError
 
 
@@ -92,9 +93,11 @@ def import_real(kind, source, from_folder, out_dir, seed, variant, grey, prefix,
 @click.command("validate-shards")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--quiet", is_flag=True, help="Only the summary, not every problem.")
-def validate_shards(folder, quiet):
-    """Check every shard and sample in FOLDER; exit 1 when anything is wrong."""
-    report = validate.scan_folder(folder)
+@limit_options
+def validate_shards(folder, quiet, **limits):
+    """Check every shard and sample in FOLDER, as refine-dataset reads them; exit 1 when
+    anything is wrong, 2 when refine-dataset would refuse the folder."""
+    report = as_click_error(validate.scan_folder, folder, limits=limits_from(**limits))
     text = validate.format_report(report)
     if quiet:
         text = "\n".join(text.splitlines()[-2:])

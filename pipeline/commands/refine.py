@@ -10,13 +10,37 @@ import click
 from pipeline.errors import UserError
 
 
-def _as_click_error(function, *args, **kwargs):
+def as_click_error(function, *args, **kwargs):
     # The `simgan` group shows UserError without a traceback; the standalone
     # `refine-dataset` script needs the same, so the commands do it themselves.
+    # A refused data set (BadDataset) exits 2, any other refusal 1.
     try:
         return function(*args, **kwargs)
     except UserError as exc:
-        raise click.ClickException(str(exc)) from None
+        error = click.ClickException(str(exc))
+        error.exit_code = getattr(exc, "exit_code", 1)
+        raise error from None
+
+
+def limit_options(command):
+    """--max-* options for what one shard or sample may cost (defaults: shards.Limits)."""
+    from pipeline.shards import DEFAULT_LIMITS as limits
+
+    options = [
+        ("--max-member-bytes", limits.member_bytes, "Largest tar member read; larger ones are reported."),
+        ("--max-shard-bytes", limits.shard_bytes, "Largest shard file read; larger ones are reported."),
+        ("--max-image-pixels", limits.image_pixels, "Largest image (width x height) decoded."),
+        ("--max-label-bytes", limits.label_bytes, "Largest label JSON parsed."),
+    ]
+    for flag, default, text in reversed(options):
+        command = click.option(flag, type=click.IntRange(min=1), default=default, show_default=True, help=text)(command)
+    return command
+
+
+def limits_from(max_member_bytes, max_shard_bytes, max_image_pixels, max_label_bytes):
+    from pipeline.shards import Limits
+
+    return Limits(max_member_bytes, max_shard_bytes, max_image_pixels, max_label_bytes)
 
 
 @click.command("refine")
@@ -24,20 +48,22 @@ def _as_click_error(function, *args, **kwargs):
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder for refined shards and manifests.")
 @click.option("--refiner", "refiner_path", required=True, type=click.Path(), help="Refiner file (.safetensors).")
 @click.option("--overwrite", is_flag=True, help="Start over: discard shards committed by an earlier run.")
-@click.option("--allow-failures", is_flag=True, help="Exit 0 even when some samples failed (they stay recorded).")
+@click.option("--allow-failures", is_flag=True, help="Accepted for compatibility; bad samples never fail the run.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--address", default=None, help="Ray cluster address; default: a local Ray started for this run.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when the cluster has GPUs.")
 @click.option("--force", is_flag=True, help="Refine even with a refiner its training run marked failed.")
-def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size, address, device, force):
+@limit_options
+def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size, address, device, force, **limits):
     """Refine every shard in --in with the refiner; one output shard and manifest per input shard.
 
-    Re-running resumes: shards already committed in --out are skipped. Exits non-zero
-    when any sample failed, unless --allow-failures.
+    Re-running resumes: shards already committed in --out, and unchanged since, are
+    skipped. Bad samples are skipped and reported (exit 0, with a count); exits 2,
+    before writing anything, when the input as a whole is refused.
     """
     from pipeline.refine.job import refine_dataset
 
-    _as_click_error(
+    as_click_error(
         refine_dataset,
         in_dir,
         out_dir,
@@ -48,6 +74,7 @@ def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size,
         address=address,
         device=device,
         force=force,
+        limits=limits_from(**limits),
     )
 
 

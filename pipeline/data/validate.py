@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pipeline import shards
+from pipeline import manifest, shards
 from pipeline.shards import Problem
 
 
@@ -37,10 +37,42 @@ def describe_geometry(geometry: tuple[int, int, int, int]) -> str:
     return f"{height}x{width} (HxW), {channels} channel{'s' if channels > 1 else ''}, {bits}-bit"
 
 
-def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> FolderReport:
+def check_shard_names(paths: list[str], folder: str) -> None:
+    """Refuse shards whose manifest or marker would take the name of a folder's own
+    files (`manifest.tar` -> `manifest.parquet`): the dataset manifest would be written
+    over the shard's, or the other way round."""
+    reserved = {manifest.DATASET_MANIFEST, manifest.SUMMARY}
+    for path in paths:
+        name = os.path.basename(path)
+        outputs = {name, os.path.basename(manifest.manifest_path("", name)), os.path.basename(manifest.stats_path("", name))}
+        clash = sorted(outputs & reserved)
+        if clash:
+            role = "manifest" if clash[0] == manifest.DATASET_MANIFEST else "summary"
+            raise shards.BadDataset(
+                f"{folder}: shard {name} would have its manifest written as {clash[0]}, the dataset's own {role}; "
+                "rename the shard"
+            )
+
+
+def check_dataset(folder: str, role: str = "", limits: shards.Limits = shards.DEFAULT_LIMITS) -> list[str]:
+    """The shards of `folder`, once every dataset-wide condition holds; otherwise raises
+    UserError (no folder, no shards) or BadDataset (an entry that is not a regular file,
+    a shard name that clashes with the dataset's files, a label with different types in
+    different samples). refine-dataset and validate-shards both start here, so they
+    refuse the same folders."""
+    paths = shards.require_shards(folder, role)
+    check_shard_names(paths, f"{role} folder {folder}".strip() if role else folder)
+    shards.check_label_kinds(paths, limits)
+    return paths
+
+
+def scan_folder(
+    folder: str, progress: Callable[[str], None] | None = None, limits: shards.Limits = shards.DEFAULT_LIMITS
+) -> FolderReport:
     """Read every shard of `folder` and report what is wrong; raises UserError only when
-    the folder itself is missing or holds no shards."""
-    paths = shards.require_shards(folder)
+    the folder itself is missing or holds no shards, and BadDataset for what would make
+    refine-dataset refuse the folder."""
+    paths = check_dataset(folder, limits=limits)
     report = FolderReport(folder, shards=len(paths))
     first_shard: dict[str, str] = {}  # key -> shard it first appeared in
     # Decoded samples: (shard, key, geometry, is a cross-shard duplicate); the geometry
@@ -49,7 +81,7 @@ def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> F
 
     for number, path in enumerate(paths, 1):
         shard = os.path.basename(path)
-        for item in shards.iter_shard(path):
+        for item in shards.iter_shard(path, limits):
             if isinstance(item, Problem):
                 report.problems.append(item)
                 if item.key is not None:
@@ -64,7 +96,7 @@ def scan_folder(folder: str, progress: Callable[[str], None] | None = None) -> F
             else:
                 first_shard[item.key] = shard
             try:
-                sample = shards.decode_sample(item)
+                sample = shards.decode_sample(item, limits)
             except shards.SampleError as exc:
                 report.problems.append(Problem(shard, item.key, exc.kind, exc.message))
                 continue

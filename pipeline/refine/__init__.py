@@ -1,5 +1,5 @@
 """Dataset refinement: the refine stage, the Ray Data job, and manifest diffs."""
 
-from pipeline.refine.job import FailedSamples, refine_dataset
+from pipeline.refine.job import refine_dataset
 
-__all__ = ["FailedSamples", "refine_dataset"]
+__all__ = ["refine_dataset"]

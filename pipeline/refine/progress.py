@@ -58,8 +58,22 @@ def summary_text(summary: dict) -> str:
         f"{summary['images_refined']} images in {summary['wall_time_s']:.1f} s "
         f"({summary['images_per_s']:.1f} images/s)",
     ]
+    redone = summary.get("shards_redone") or {}
+    if redone:
+        lines.append(
+            f"redone {len(redone)} committed shard(s) whose input or outputs changed: "
+            + "; ".join(f"{name} ({reason})" for name, reason in redone.items())
+        )
     failures = {k: v for k, v in summary["by_status"].items() if k != "ok"}
     if failures:
-        lines.append("failed samples by reason: " + ", ".join(f"{k}={v}" for k, v in failures.items()))
-        lines.append(f"details (key, shard, reason) in {summary['out_dir']}/manifest.parquet")
+        lines.append(
+            f"skipped {summary['failed']} bad sample(s) or shard(s): " + ", ".join(f"{k}={v}" for k, v in failures.items())
+        )
+        for problem in summary.get("problems_shown", []):
+            key = f" key {problem['key']!r}" if problem["key"] is not None else ""
+            lines.append(f"  {problem['shard']}{key}: {problem['status']}: {problem['error']}")
+        hidden = summary["failed"] - len(summary.get("problems_shown", []))
+        more = f"{hidden} more, and " if hidden > 0 else ""
+        lines.append(f"{more}each with its shard, key and reason, in {summary['out_dir']}/manifest.parquet "
+                     "(rows whose status is not ok)")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ earlier shard as duplicates, and commits the shard once it holds all of its rows
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
@@ -35,7 +36,9 @@ def _manifest_row(row: dict, refiner_hash: str) -> dict:
     labels, labels_json = None, None
     if row["label_bytes"]:
         try:
-            labels = shards.decode_labels(row["label_bytes"])
+            # The read task applied the label size limit (which may be raised above the
+            # default); only labels within it reach here.
+            labels = shards.decode_labels(row["label_bytes"], max_bytes=len(row["label_bytes"]))
             labels_json = row["label_bytes"].decode("utf-8")
         except shards.SampleError:
             pass  # the row's status already says why the labels are unusable
@@ -70,6 +73,7 @@ class ShardWriter:
         self.seen_keys = seen_keys
         self.on_commit = on_commit
         self.pending: dict[str, list[dict]] = {}
+        self.tables: dict = {}  # manifests committed by this writer, by shard name
 
     def add_batch(self, batch: dict[str, np.ndarray]) -> None:
         names = list(batch)
@@ -96,12 +100,19 @@ class ShardWriter:
                     continue
                 self.seen_keys[key] = shard
                 members.append((key, {shards.IMAGE_EXT: row["output_png"], shards.LABEL_EXT: row["label_bytes"]}))
-        shards.write_shard(os.path.join(self.out_dir, shard), members)
+        tar_path = os.path.join(self.out_dir, shard)
+        shards.write_shard(tar_path, members)
         stats = manifest.commit_shard(
             self.out_dir,
             shard,
             [_manifest_row(row, self.refiner_hash) for row in rows],
-            extra={"refiner_hash": self.refiner_hash},
+            extra={
+                "refiner_hash": self.refiner_hash,
+                "input": json.loads(rows[0]["shard_file"]),
+                "output": manifest.file_record(tar_path),
+            },
+            tables=self.tables,
+            record_manifest=True,
         )
         self.on_commit(stats)
         return stats

@@ -1,0 +1,151 @@
+"""Property-based fuzzing of the reading path (what validate-shards and refine-dataset's
+read tasks run, in-process): whatever the tar bytes and label JSON, every sample is
+either read or reported, with a one-line reason, never an exception and never slow.
+
+test_refine_hostile.py runs files of the kinds this finds through refine-dataset.
+"""
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hostile_tars import png, png_header
+from pipeline import manifest, shards
+
+# Small limits, so the fuzzer reaches them with small inputs.
+LIMITS = shards.Limits(member_bytes=4096, shard_bytes=64 * 1024, image_pixels=1024, label_bytes=512)
+SETTINGS = settings(
+    max_examples=400,
+    deadline=2000,  # ms per example: "never a hang"
+    database=None,  # nothing written into the repository
+    derandomize=True,  # the same examples on every run: a failure is reproducible
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+label_bytes = st.one_of(
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.text(max_size=6), json_values, max_size=4).map(lambda d: json.dumps(d).encode()),
+    st.binary(max_size=64),
+    st.sampled_from([b'{"a":1,"a":2}', b'{"a":NaN}', b'{"a":1e999}', b'{"a":"\\ud800"}', b"[" * 40 + b"]" * 40]),
+)
+image_bytes = st.one_of(
+    st.sampled_from([png(8), png(4, 255), png_header(0, 0), png_header(40, 40), png_header(12000, 12000)]),
+    st.binary(max_size=64),
+    st.builds(lambda data, cut: data[:cut], st.just(png(8)), st.integers(0, 80)),
+)
+stems = st.sampled_from(["a", "b", "a.b", "../x", "/abs", "", "sub/c", "\udcff", "k" * 120])
+member = st.one_of(
+    st.tuples(stems, st.just("png"), image_bytes),
+    st.tuples(stems, st.just("json"), label_bytes),
+    st.tuples(stems, st.sampled_from(["txt", "", "png.json"]), st.binary(max_size=16)),
+    st.tuples(stems, st.sampled_from(["symlink", "hardlink", "fifo", "dir"]), st.just(b"")),
+    st.tuples(stems, st.just("big"), st.just(bytes(5000))),
+)
+
+
+def _tar(members) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, errors="surrogateescape") as tar:
+        for stem, ext, data in members:
+            name = f"{stem}.{ext}" if ext else stem
+            info = tarfile.TarInfo(name or "x")
+            kinds = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE, "dir": tarfile.DIRTYPE}
+            if ext in kinds:
+                info.type, info.linkname = kinds[ext], "a.png"
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+# What can happen to a tar on its way: nothing, cut short, bytes overwritten, junk added.
+damage = st.one_of(
+    st.just(lambda data, n, junk: data),
+    st.just(lambda data, n, junk: data[: n % (len(data) + 1)]),
+    st.just(lambda data, n, junk: data[: n % (len(data) + 1)] + junk + data[n % (len(data) + 1) + len(junk):]),
+    st.just(lambda data, n, junk: junk + data),
+    st.just(lambda data, n, junk: b"\x1f\x8b" + data),
+)
+
+
+def _read_everything(path: str) -> tuple[int, int]:
+    """Read one shard as the refine job's read task and validate-shards do; returns
+    (samples decoded, problems). Any exception escapes and fails the property."""
+    decoded = problems = 0
+    for item in shards.iter_shard(path, LIMITS):
+        if isinstance(item, shards.Problem):
+            assert item.message and "\n" not in item.message, item
+            assert item.key is None or isinstance(item.key.encode("utf-8"), bytes)
+            problems += 1
+            continue
+        assert isinstance(item, shards.RawSample) and item.key.encode("utf-8")  # a valid key is never empty
+        try:
+            sample = shards.decode_sample(item, LIMITS)
+        except shards.SampleError as exc:
+            assert exc.kind and exc.message and "\n" not in exc.message
+            problems += 1
+            continue
+        # The shard manifest must be able to hold what was decoded.
+        manifest.rows_to_table([manifest.make_row(sample.key, "s.tar", labels=sample.labels)])
+        decoded += 1
+    try:
+        shards.check_label_kinds([path], LIMITS)
+    except shards.BadDataset as exc:
+        assert "\n" not in str(exc)
+    return decoded, problems
+
+
+@pytest.fixture(scope="module")
+def folder():
+    with tempfile.TemporaryDirectory() as path:
+        yield path
+
+
+@pytest.mark.timeout(120)
+@SETTINGS
+@given(members=st.lists(member, max_size=8), harm=damage, n=st.integers(0, 1 << 16), junk=st.binary(max_size=32))
+def test_any_tar_is_read_or_reported(folder, members, harm, n, junk):
+    path = os.path.join(folder, "fuzz.tar")
+    with open(path, "wb") as handle:
+        handle.write(harm(_tar(members), n, junk))
+    start = time.perf_counter()
+    decoded, problems = _read_everything(path)
+    assert decoded + problems >= 1  # even an empty tar is reported (empty_shard)
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.timeout(60)
+@SETTINGS
+@given(data=st.binary(max_size=2048))
+def test_any_bytes_named_tar_are_reported(folder, data):
+    path = os.path.join(folder, "bytes.tar")
+    with open(path, "wb") as handle:
+        handle.write(data)
+    decoded, problems = _read_everything(path)
+    assert decoded + problems >= 1
+
+
+@pytest.mark.timeout(60)
+@SETTINGS
+@given(data=label_bytes)
+def test_any_label_bytes_decode_or_are_refused(data):
+    try:
+        labels = shards.decode_labels(data, LIMITS.label_bytes)
+    except shards.SampleError as exc:
+        assert exc.kind.startswith(("label", "invalid")) and "\n" not in exc.message
+        return
+    assert isinstance(labels, dict)
+    manifest.rows_to_table([manifest.make_row("k", "s.tar", labels=labels)])
