@@ -114,7 +114,7 @@ def test_no_passing_candidate_is_a_refusal_naming_why():
     records = [{"step": 5, "passed": False, "two_sample": 0.99, "raw_two_sample": 0.95,
                 "failed": ["collapsed: its images keep contrast 0.01"], "failed_checks": ["collapse"]},
                {"step": 10, "passed": False, "two_sample": 0.97, "raw_two_sample": 0.95,
-                "failed": ["label consistency 0.5 is below min_label_consistency 0.85", "collapsed: x"],
+                "failed": ["label consistency 0.5 is below min_label_consistency 0.9", "collapsed: x"],
                 "failed_checks": ["collapse", "labels"]}]
     choice = selection.choose(records)
     assert choice["status"] == "refused" and choice["step"] == 5

@@ -56,13 +56,13 @@ class TrainConfig:
     # Checkpoint selection (pipeline.training.selection): the share of synthetic and real
     # images held out for scoring, how often candidates are scored, the label the
     # refiner must keep ("" = no label checks) and how well it must keep it.
-    held_out: float = 0.1
+    held_out: float = 0.2
     select_every: int = 50
     label: str = "class"
-    min_label_consistency: float = 0.85
+    min_label_consistency: float = 0.9
     # A candidate's two-sample accuracy must be this much below the raw synthetic
     # images' (less is within the test's noise on a few hundred held-out images).
-    realism_margin: float = 0.02
+    realism_margin: float = 0.03
     # Options beyond the paper. The label-consistency loss (CyCADA's semantic
     # consistency): weight of the task network's loss on refined images against the
     # simulator's labels; 0 = off.
