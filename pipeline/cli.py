@@ -1,25 +1,18 @@
-"""The `simgan` command group. Each area's commands live in `pipeline/commands/`."""
+"""The `simgan` command group. Each area's commands live in `pipeline/commands/`.
+
+A UserError ends any command with its message on one line and no traceback: exit
+code 1, or 2 when a data set is refused as a whole (see `commands/boundary.py`).
+"""
 
 from __future__ import annotations
 
 import click
 
-from pipeline.commands import data, evaluate, refine, train
-from pipeline.errors import UserError
+from pipeline.commands import boundary, data, evaluate, refine, train
 from pipeline.version import __version__
 
 
-class _Group(click.Group):
-    """Shows UserError as a plain message and exit code 2, never a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-@click.group(cls=_Group)
+@click.group(cls=boundary.Group)
 @click.version_option(__version__, prog_name="simgan")
 def main():
     """SimGAN dataset refinement: simulate, import real data, train, refine, evaluate."""

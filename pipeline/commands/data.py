@@ -10,7 +10,8 @@ from pipeline.data import digits
 from pipeline.data import import_real as importers
 from pipeline.data import simulate as simulation
 from pipeline.data import validate
-from pipeline.commands.refine import as_click_error, limit_options, limits_from
+from pipeline.commands.boundary import command
+from pipeline.commands.refine import limit_options, limits_from
 from pipeline.errors import UserError
 
 
@@ -22,7 +23,7 @@ def _echo_summary(summary: dict) -> None:
     click.echo(line)
 
 
-@click.command()
+@command()
 @click.argument("kind", type=click.Choice(simulation.KINDS))
 @click.option("--count", type=int, required=True, help="Number of images to render.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -42,7 +43,7 @@ def simulate(kind, count, out_dir, seed, workers, per_shard, overwrite, renderin
     )
 
 
-@click.command("import-real")
+@command("import-real")
 @click.argument("kind", required=False, type=click.Choice(["mnist", "unityeyes", "mpiigaze"]))
 @click.argument("source", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--from-folder", type=click.Path(exists=True, file_okay=False), help="Any folder of PNG/JPEG images (unlabelled).")
@@ -90,14 +91,14 @@ def import_real(kind, source, from_folder, out_dir, seed, variant, grey, prefix,
         sys.exit(1)
 
 
-@click.command("validate-shards")
+@command("validate-shards")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--quiet", is_flag=True, help="Only the summary, not every problem.")
 @limit_options
 def validate_shards(folder, quiet, **limits):
     """Check every shard and sample in FOLDER, as refine-dataset reads them; exit 1 when
     anything is wrong, 2 when refine-dataset would refuse the folder."""
-    report = as_click_error(validate.scan_folder, folder, limits=limits_from(**limits))
+    report = validate.scan_folder(folder, limits=limits_from(**limits))
     text = validate.format_report(report)
     if quiet:
         text = "\n".join(text.splitlines()[-2:])

@@ -6,6 +6,7 @@ import shlex
 
 import click
 
+from pipeline.commands.boundary import command, verbose_option
 from pipeline.evaluation import downstream
 
 
@@ -30,7 +31,7 @@ def _command_line() -> str:
     return " ".join(shlex.quote(part) for part in parts)
 
 
-@click.command()
+@command()
 @click.option("--task", type=click.Choice(downstream.TASKS), default="digits", show_default=True,
               help="digits: CNN classifier, accuracy; gaze: the paper's gaze CNN, angle error.")
 @click.option("--synthetic", "synthetic_dir", required=True, type=click.Path(file_okay=False),
@@ -68,7 +69,7 @@ def evaluate(task, synthetic_dir, refined_dir, real_train_dir, real_test_dir, se
         click.echo(line)
 
 
-@click.command()
+@command()
 @click.option("--results", "results_path", required=True, type=click.Path(),
               help="An evaluation's results.json or the folder holding it.")
 @click.option("--train-run", "train_run_dir", type=click.Path(file_okay=False),
@@ -91,7 +92,7 @@ def report(results_path, train_run_dir, out_dir):
     click.echo(f"        {md_path}")
 
 
-@click.command("turing-test")
+@command("turing-test")
 @click.option("--real", "real_dir", type=click.Path(file_okay=False), help="Real image shards.")
 @click.option("--refined", "refined_dir", type=click.Path(file_okay=False), help="Refined image shards.")
 @click.option("--answers", "answer_files", required=True, multiple=True, type=click.Path(dir_okay=False),
@@ -131,12 +132,13 @@ def turing_test(real_dir, refined_dir, answer_files, port, count, seed, summary)
 DEMO_PRESETS = ("demo", "antialiased")
 
 
-@click.command()
+@command()
 @click.option("--out", "out_dir", default="simgan-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for everything the demo writes.")
 @click.option("--preset", type=click.Choice(DEMO_PRESETS), default="demo", show_default=True,
               help="demo: binary-rendered digits; antialiased: the same on the MNIST-tuned rendering.")
 @click.option("--overwrite", is_flag=True, help="Start over instead of continuing an earlier run in --out.")
+@verbose_option
 def demo(out_dir, preset, overwrite):
     """Simulate, import MNIST, train, refine, check labels, evaluate, report: all in one."""
     from pipeline.evaluation.demo import run_demo

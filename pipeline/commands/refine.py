@@ -7,19 +7,7 @@ import sys
 
 import click
 
-from pipeline.errors import UserError
-
-
-def as_click_error(function, *args, **kwargs):
-    # The `simgan` group shows UserError without a traceback; the standalone
-    # `refine-dataset` script needs the same, so the commands do it themselves.
-    # A refused data set (BadDataset) exits 2, any other refusal 1.
-    try:
-        return function(*args, **kwargs)
-    except UserError as exc:
-        error = click.ClickException(str(exc))
-        error.exit_code = getattr(exc, "exit_code", 1)
-        raise error from None
+from pipeline.commands.boundary import command, verbose_option
 
 
 def limit_options(command):
@@ -43,7 +31,7 @@ def limits_from(max_member_bytes, max_shard_bytes, max_image_pixels, max_label_b
     return Limits(max_member_bytes, max_shard_bytes, max_image_pixels, max_label_bytes)
 
 
-@click.command("refine")
+@command("refine")
 @click.option("--in", "in_dir", required=True, type=click.Path(), help="Folder of input .tar shards.")
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder for refined shards and manifests.")
 @click.option("--refiner", "refiner_path", required=True, type=click.Path(), help="Refiner file (.safetensors).")
@@ -54,6 +42,7 @@ def limits_from(max_member_bytes, max_shard_bytes, max_image_pixels, max_label_b
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when the cluster has GPUs.")
 @click.option("--force", is_flag=True, help="Refine even with a refiner its training run marked failed.")
 @limit_options
+@verbose_option
 def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size, address, device, force, **limits):
     """Refine every shard in --in with the refiner; one output shard and manifest per input shard.
 
@@ -63,8 +52,7 @@ def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size,
     """
     from pipeline.refine.job import refine_dataset
 
-    as_click_error(
-        refine_dataset,
+    refine_dataset(
         in_dir,
         out_dir,
         refiner_path,
@@ -78,7 +66,7 @@ def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size,
     )
 
 
-@click.command("manifest-diff")
+@command("manifest-diff")
 @click.argument("a", type=click.Path(exists=True))
 @click.argument("b", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from pipeline.errors import UserError
+from pipeline.commands.boundary import command, verbose_option
 
 
-@click.command("train")
+@command("train")
 @click.option("--synthetic", "synthetic_dir", required=True, type=click.Path(), help="Folder of labelled synthetic .tar shards.")
 @click.option("--real", "real_dir", required=True, type=click.Path(), help="Folder of unlabelled real .tar shards.")
 @click.option("--out", "run_dir", required=True, type=click.Path(), help="Run folder: config, metrics, samples, checkpoints, refiner file.")
@@ -17,6 +17,7 @@ from pipeline.errors import UserError
 @click.option("--workers", default=1, show_default=True, type=int, help="Ray Train workers (DDP when more than one).")
 @click.option("--address", default=None, help="Ray cluster address; default: an embedded local Ray.")
 @click.option("--local", is_flag=True, help="Train in this process without Ray (same step, same outputs).")
+@verbose_option
 def train(synthetic_dir, real_dir, run_dir, preset, config_file, pairs, workers, address, local):
     """Train a refiner on synthetic vs real shards; writes RUN_DIR/refiner.safetensors.
 
@@ -25,14 +26,10 @@ def train(synthetic_dir, real_dir, run_dir, preset, config_file, pairs, workers,
     from pipeline.training import train as run_training
     from pipeline.training.config import parse_overrides
 
-    try:
-        path = run_training(
-            synthetic_dir, real_dir, run_dir, preset=preset, config_file=config_file,
-            overrides=parse_overrides(pairs), workers=workers, address=address, local=local,
-        )
-    except UserError as exc:
-        # Also shown cleanly when run outside the `simgan` group (jobs/train.py).
-        raise click.ClickException(str(exc)) from None
+    path = run_training(
+        synthetic_dir, real_dir, run_dir, preset=preset, config_file=config_file,
+        overrides=parse_overrides(pairs), workers=workers, address=address, local=local,
+    )
     click.echo(f"refiner written to {path}")
 
 

@@ -155,8 +155,6 @@ def run_demo(
 
         train(d["synthetic"], real["unlabelled"], d["run"], preset=settings.train_preset,
               overrides=dict(settings.train_overrides) or None, local=settings.local_training)
-        # Refinement is a separate Ray job, as when the commands are run one by one.
-        _shutdown_ray()
 
     def refine_step():
         from pipeline.refine import refine_dataset
@@ -191,25 +189,24 @@ def run_demo(
         ("diff", "checking labels with manifest-diff", diff_step),
         ("evaluate", "evaluating on real held-out digits", evaluate_step),
     ]
-    try:
-        for number, (name, title, action) in enumerate(steps, 1):
-            prefix = f"[demo {number}/{len(steps) + 1}]"
-            if name in state["done"]:
-                log(f"{prefix} {title}: done by an earlier run, skipped")
-                continue
-            log(f"{prefix} {title} ...")
-            log(f"{prefix} same as: {commands[name]}")
-            tick = time.perf_counter()
-            outcome = action()
-            state["seconds"][name] = round(time.perf_counter() - tick, 1)
-            if outcome:
-                state["outcome_" + name] = outcome
-            state["done"].append(name)
-            manifest.write_json(os.path.join(out, STATE), state)
-            log(f"{prefix} {name} finished in {state['seconds'][name]} s "
-                f"(demo so far {time.perf_counter() - began:.0f} s)")
-    finally:
-        _shutdown_ray()
+    # Training and refinement each start and stop a Ray of their own (pipeline.ray_session),
+    # as when the commands are run one by one; nothing is left running between steps.
+    for number, (name, title, action) in enumerate(steps, 1):
+        prefix = f"[demo {number}/{len(steps) + 1}]"
+        if name in state["done"]:
+            log(f"{prefix} {title}: done by an earlier run, skipped")
+            continue
+        log(f"{prefix} {title} ...")
+        log(f"{prefix} same as: {commands[name]}")
+        tick = time.perf_counter()
+        outcome = action()
+        state["seconds"][name] = round(time.perf_counter() - tick, 1)
+        if outcome:
+            state["outcome_" + name] = outcome
+        state["done"].append(name)
+        manifest.write_json(os.path.join(out, STATE), state)
+        log(f"{prefix} {name} finished in {state['seconds'][name]} s "
+            f"(demo so far {time.perf_counter() - began:.0f} s)")
 
     log(f"[demo {len(steps) + 1}/{len(steps) + 1}] writing the report ...")
     from pipeline.evaluation.evaluate import load_results
@@ -221,11 +218,3 @@ def run_demo(
     log(f"[demo] report: {os.path.abspath(html_path)}")
     return html_path
 
-
-def _shutdown_ray() -> None:
-    """Training and refinement start an embedded Ray; leave nothing running."""
-    import sys
-
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pipeline import manifest, shards
 from pipeline.data.validate import check_dataset
 from pipeline.errors import UserError
+from pipeline.ray_session import ray_session
 from pipeline.refine.progress import Progress, summary_text
 from pipeline.refine.read import file_size, geometry_text, group_shards, probe_geometry, read_shards
 from pipeline.refine.stage import RefineStage
@@ -219,25 +220,20 @@ def refine_dataset(
 
 
 def _run_pipeline(todo, writer, refiner_path, geometry, batch_size, address, device, limits) -> None:
-    import ray  # imported here so the stage and the diff work without starting Ray
+    # The session (and Ray itself) only starts here, so the stage and the diff work without Ray.
+    with ray_session(address):
+        _stream(todo, writer, refiner_path, geometry, batch_size, device, limits)
 
-    started = not ray.is_initialized()
-    if started:
-        # Without an address: the cluster a `ray job submit` runs us in (RAY_ADDRESS), else
-        # a fresh local Ray; never whichever cluster another process left running here.
-        ray.init(
-            address=address or os.environ.get("RAY_ADDRESS") or "local",
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+
+def _stream(todo, writer, refiner_path, geometry, batch_size, device, limits) -> None:
+    import ray  # imported here so the stage and the diff work without Ray installed
+
     context = ray.data.DataContext.get_current()
-    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+    saved = context.execution_options.preserve_order
     try:
         # In-order output makes "first occurrence of a key wins" and batch composition,
         # hence every output byte, the same on every run.
         context.execution_options.preserve_order = True
-        context.enable_progress_bars = False
         plan = plan_resources(ray.cluster_resources(), device)
         total = sum(file_size(p) for p in todo)
         target = min(READ_GROUP_BYTES, max(1, total // (4 * max(1, int(ray.cluster_resources().get("CPU", 1))))))
@@ -270,6 +266,4 @@ def _run_pipeline(todo, writer, refiner_path, geometry, batch_size, address, dev
         if writer.unfinished():
             raise RuntimeError(f"shards left incomplete by the pipeline: {writer.unfinished()}")
     finally:
-        context.execution_options.preserve_order, context.enable_progress_bars = saved
-        if started:
-            ray.shutdown()
+        context.execution_options.preserve_order = saved

@@ -20,6 +20,7 @@ import torch
 
 from pipeline import shards
 from pipeline.errors import UserError
+from pipeline.ray_session import is_verbose, ray_session
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.config import TrainConfig, config_from_dict
 from pipeline.training.data import Geometry, check_compatible, first_geometry, folder_shards, iter_images, record_problems
@@ -124,20 +125,6 @@ def _worker(loop_config: dict) -> None:
               stop_after=loop_config["stop_after"], labels=prepared.labels, selector=selector)
 
 
-def _start_ray(address: str | None) -> bool:
-    """Connect to `address` (or RAY_ADDRESS), or start an embedded local Ray; True if started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, log_to_driver=True)
-    else:
-        # "local": always a fresh embedded Ray, never a cluster another process left running.
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
-    return True
-
-
 def run_ray(
     config: TrainConfig,
     preset: str,
@@ -150,13 +137,12 @@ def run_ray(
 ) -> tuple[str, Geometry]:
     """Train with Ray Train; returns (path of the final checkpoint file, synthetic geometry)."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     # Ray tasks run in other working directories: every path they get must be absolute.
     run_dir, synthetic_dir, real_dir = (os.path.abspath(p) for p in (run_dir, synthetic_dir, real_dir))
-    started = _start_ray(address)
-    try:
+    with ray_session(address) as started:
         synthetic, geometry = image_dataset(synthetic_dir, "synthetic", run_dir)
         real, real_geometry = image_dataset(real_dir, "real", run_dir)
         check_compatible(geometry, real_geometry)
@@ -173,7 +159,9 @@ def run_ray(
             },
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
             run_config=RunConfig(
-                storage_path=run_dir, name=RAY_DIR, checkpoint_config=CheckpointConfig(num_to_keep=2)
+                storage_path=run_dir, name=RAY_DIR, checkpoint_config=CheckpointConfig(num_to_keep=2),
+                # Ray Train's own INFO lines (worker group start, checkpoint reports) only with --verbose.
+                logging_config=LoggingConfig(log_level="INFO" if is_verbose() else "WARNING"),
             ),
             # Every worker gets all images (not a split) so its pool, and so its
             # minibatches, do not depend on how blocks were dealt out.
@@ -184,6 +172,3 @@ def run_ray(
         if result.checkpoint is None:
             raise UserError(f"the Ray Train run in {run_dir} ended without a checkpoint")
         return os.path.join(result.checkpoint.path, CHECKPOINT_FILE), geometry
-    finally:
-        if started:
-            ray.shutdown()

@@ -1,0 +1,169 @@
+"""Ray for every job (train, refine-dataset, demo): where it runs, what it prints, and
+that nothing it started outlives the job.
+
+`ray_session(address)` joins the cluster at `address` (or RAY_ADDRESS, which `ray job
+submit` sets), else starts an embedded Ray on this machine, bound to loopback only.
+It shuts down only a Ray it started: inside an already initialised Ray (a test
+fixture, the demo between steps) it does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import warnings
+
+# Ray's own chatter (start-up notices, Ray Data's per-dataset plan and progress blocks,
+# Ray Train's controller and clean-up actors) is off unless --verbose; what the
+# pipeline itself prints always gets through.
+_verbose = False
+LOCALHOST = "127.0.0.1"
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def set_verbose(flag: bool) -> None:
+    global _verbose
+    _verbose = bool(flag)
+
+
+def is_verbose() -> bool:
+    return _verbose or os.environ.get("SIMGAN_VERBOSE") == "1"
+
+
+def process_env(verbose: bool) -> dict[str, str]:
+    """Environment for every Ray process of the job (driver and workers)."""
+    env = {
+        # Ray Train replaces print() in its workers with a copy to stdout plus a log
+        # record on the console handler: with worker output sent to the driver, every
+        # line of ours appeared twice. Plain print writes it once.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    }
+    if not verbose:
+        env.update({
+            # Ray Data reads this in every process that runs a dataset (also a Train
+            # worker streaming its shard); WARNING would still say "progress bars disabled".
+            "RAY_DATA_LOG_LEVEL": "ERROR",
+            # Watches for node preemption, which a single machine never sees; its
+            # actor's start logs a C++ error line about its arguments.
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+            # Deprecation notices from Ray's own internals (Ray Data's DatasetManager), and
+            # torch on the read-only arrays Ray Data hands to the refiner actors.
+            "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore:The given NumPy array is not writable",
+
+        })
+    return env
+
+
+def _quiet_this_process(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level if name != "ray" or verbose else logging.ERROR)
+    if not verbose:
+        # Advice to Ray users about faster filters; nothing the user of this tool can act on.
+        warnings.filterwarnings("ignore", message=r"Use 'expr' instead of 'fn'", category=UserWarning)
+    if not sys.stdout.isatty():
+        # Colour codes around the worker prefix are noise in a log file or a job log.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
+def _data_context(verbose: bool) -> None:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    # Non-interactive: Ray Data would log a block of progress lines per dataset.
+    context.enable_progress_bars = verbose
+    context.execution_options.verbose_progress = verbose
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, verbose: bool | None = None, num_cpus: int | None = None):
+    """Ray for one job; yields True when this call started (and will stop) it."""
+    import ray
+
+    verbose = is_verbose() if verbose is None else verbose
+    if ray.is_initialized():
+        _data_context(verbose)
+        yield False
+        return
+    env = process_env(verbose)
+    # Set before a local Ray starts: its raylet, and every worker it forks, inherit it.
+    os.environ.update(env)
+    _quiet_this_process(verbose)
+    address = address or os.environ.get("RAY_ADDRESS")
+    common = dict(
+        logging_level=logging.INFO if verbose else logging.ERROR,
+        # The same in Ray's worker processes. Among what it hides: Ray Train's clean-up
+        # actor warns every second that the State API is unavailable, which it is
+        # without the dashboard this job does not start.
+        logging_config=ray.LoggingConfig(log_level="INFO" if verbose else "ERROR"),
+        log_to_driver=True,
+        # A cluster's workers do not inherit this process's environment.
+        runtime_env={"env_vars": env},
+    )
+    watchdog = None
+    if address:
+        _log(verbose, f"ray: joining the cluster at {address}")
+        ray.init(address=address, **common)
+    else:
+        # "local": always a fresh embedded Ray, never a cluster another process left
+        # running. Loopback: nothing off this machine needs to reach it.
+        with _loopback_only():
+            ray.init(address="local", include_dashboard=False, num_cpus=num_cpus, **common)
+        watchdog = _start_watchdog()
+        _log(verbose, f"ray: started a local Ray on {LOCALHOST} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+    _data_context(verbose)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+        if watchdog is not None:
+            watchdog.stdin.close()  # a clean end: the watchdog leaves without killing anything
+            watchdog.wait()
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """Ray 2.60 turns `_node_ip_address="127.0.0.1"` into the machine's address and binds
+    its servers to every interface; in its "no cluster" mode (the macOS and Windows
+    default, chosen by this variable) the node address, and every server, is loopback.
+    Ray's processes read the variable at start; this process read it when it imported
+    ray, so the constant is set here too, and put back for a later cluster connection."""
+    from ray._private import ray_constants
+
+    saved = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+
+
+def _log(verbose: bool, line: str) -> None:
+    if verbose:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _session_dir() -> str:
+    import ray
+
+    return ray._private.worker._global_node.get_session_dir_path()
+
+
+def _start_watchdog() -> subprocess.Popen:
+    """A process that ends the local Ray's processes if this driver dies without
+    shutting it down (SIGKILL, OOM killer): Ray lets its agents and workers run on
+    for a minute or more after a driver it did not see exit."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.ray_watchdog", str(os.getpid()), _session_dir()],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # a Ctrl-C in the terminal is the driver's to handle
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )

@@ -1,0 +1,71 @@
+"""Ends an embedded Ray whose driver died: `python -m pipeline.ray_watchdog PID SESSION_DIR`.
+
+The driver holds the write end of this process's stdin. A clean shutdown closes it
+after `ray.shutdown()`, with the driver still alive: nothing to do. When the driver is
+gone instead (SIGKILL, the OOM killer), the kernel closes it: every process of this
+user that runs from, or holds a file in, the Ray session folder is killed. Ray alone
+lets its agents and actors (a Ray Train worker keeps training) run on for a minute or more.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except OSError:
+        return False
+
+
+def session_processes(session_dir: str) -> list[int]:
+    """This user's processes whose command line or open files name `session_dir`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != os.getuid():
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                text = handle.read().decode(errors="replace")
+            fds = f"/proc/{entry}/fd"
+            text += " ".join(os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds))
+        except OSError:
+            continue
+        if session_dir in text:
+            found.append(int(entry))
+    return found
+
+
+def main(driver: int, session_dir: str) -> None:
+    sys.stdin.buffer.read()  # returns at EOF: the driver closed it or died
+    if _alive(driver) or not session_dir:
+        return
+    # Several rounds: a raylet being killed may still start a worker.
+    for _ in range(10):
+        pids = session_processes(session_dir)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.3)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    main(int(sys.argv[1]), sys.argv[2])
