@@ -56,7 +56,8 @@ def test_ray_train_two_workers_then_one_resumes_like_the_local_loop(tmp_path, lo
 
     path = train(syn, real, run_dir, overrides=OPTIONS, workers=1)  # the command again, one worker
     assert [(m["step"], m["workers"]) for m in _metrics(run_dir)] == [(s, 2) for s in range(5)] + [(s, 1) for s in range(5, 8)]
-    for name in ("config.json", "loss_curves.png", "samples/step-00000008.png", "refiner_check.json"):
+    for name in ("config.json", "loss_curves.png", "samples/step-00000008.png", "selection.json", "selection.png",
+                 "candidates/refiner-step-000008.safetensors"):
         assert os.path.exists(os.path.join(run_dir, name)), name
 
     # The local loop resumed from the same checkpoint: same step function, same data
