@@ -34,7 +34,14 @@ class RefinerSpec:
     deform_pixels: float = 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Fields added after the first release are written only when they differ from
+        # their defaults, so the description (and so the content hash) of a refiner
+        # file made before they existed stays the same.
+        data = asdict(self)
+        for name, default in (("output", "logit"), ("deform_pixels", 0.0)):
+            if data[name] == default:
+                del data[name]
+        return data
 
 
 REFINER_PRESETS = {

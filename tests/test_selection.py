@@ -82,6 +82,7 @@ def test_each_check_fails_the_refiner_it_is_for(held_out):
     good = selection.score(Function(look_real), prepared.held_out, config)
     assert good["passed"], good["failed"]
     assert good["two_sample"] < prepared.held_out.raw_two_sample - 0.2
+    assert good["confidence"] < prepared.held_out.raw_confidence - 0.2
     assert good["label_consistency"] > 0.9
 
     black = selection.score(Function(lambda x: 0.01 * x), prepared.held_out, config)
@@ -111,9 +112,9 @@ def test_selection_exports_a_better_candidate_than_the_last(held_out, tmp_path):
 
 
 def test_no_passing_candidate_is_a_refusal_naming_why():
-    records = [{"step": 5, "passed": False, "two_sample": 0.99, "raw_two_sample": 0.95,
+    records = [{"step": 5, "passed": False, "two_sample": 0.99, "raw_two_sample": 0.95, "confidence": 0.97,
                 "failed": ["collapsed: its images keep contrast 0.01"], "failed_checks": ["collapse"]},
-               {"step": 10, "passed": False, "two_sample": 0.97, "raw_two_sample": 0.95,
+               {"step": 10, "passed": False, "two_sample": 0.97, "raw_two_sample": 0.95, "confidence": 0.96,
                 "failed": ["label consistency 0.5 is below min_label_consistency 0.9", "collapsed: x"],
                 "failed_checks": ["collapse", "labels"]}]
     choice = selection.choose(records)

@@ -144,18 +144,19 @@ def plot_selection(run_dir: str, records: list[dict], choice: dict) -> str | Non
 
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(steps, [r["two_sample"] for r in records], "o-", label="two-sample accuracy, real vs refined (lower: more realistic)")
-    ax.axhline(records[0]["raw_two_sample"], color="grey", linestyle="--", label="two-sample accuracy, real vs raw synthetic")
+    ax.plot(steps, [r["confidence"] for r in records], "o-", label="two-sample confidence, real vs refined (lower: more realistic)")
+    ax.axhline(records[0]["raw_confidence"], color="grey", linestyle="--", label="two-sample confidence, real vs raw synthetic")
+    ax.plot(steps, [r["two_sample"] for r in records], ".:", label="two-sample accuracy, real vs refined")
     if any("label_consistency" in r for r in records):
         ax.plot(steps, [r.get("label_consistency", float("nan")) for r in records], "s-", label="label consistency")
     ax.plot(steps, [r["refined_contrast"] / max(r["real_contrast"], 1e-8) for r in records], "^-",
             label="contrast, refined / real")
     failed = [r for r in records if not r["passed"]]
-    ax.plot([r["step"] for r in failed], [r["two_sample"] for r in failed], "x", color="red", markersize=10,
+    ax.plot([r["step"] for r in failed], [r["confidence"] for r in failed], "x", color="red", markersize=10,
             label="failed a check")
     if choice.get("status") == "passed":
         best = next(r for r in records if r["step"] == choice["step"])
-        ax.plot([best["step"]], [best["two_sample"]], "*", color="gold", markersize=18, markeredgecolor="black",
+        ax.plot([best["step"]], [best["confidence"]], "*", color="gold", markersize=18, markeredgecolor="black",
                 label="exported")
     ax.set_xlabel("step")
     ax.set_ylim(0, max(1.05, max(r["refined_contrast"] / max(r["real_contrast"], 1e-8) for r in records) + 0.05))

@@ -6,16 +6,17 @@ images is held out at the start and never trained on. Every `select_every` steps
 the adversarial phase, and at the last step, the current refiner refines the held-out
 synthetic images and is scored on three label-free criteria:
 
-- realism: the held-out accuracy of a fresh two-sample classifier telling refined from
-  real images (0.5: indistinguishable; the raw synthetic images' own figure is the bar);
+- realism: the confidence of a fresh two-sample classifier telling refined from real
+  held-out images (the mean probability it gives the true set: 0.5 indistinguishable,
+  1.0 told apart with certainty; the raw synthetic images' own figure is the bar);
 - collapse: contrast and diversity against the synthetic and real images' own;
 - label consistency: the task network, trained on the simulator's labels, must read
   the same label on the refined image as on the synthetic one.
 
 RULE (the README states it too): a candidate passes when it has not collapsed, its
-label consistency is at least `min_label_consistency`, and its two-sample accuracy is at
-least `realism_margin` below the raw synthetic images'. The exported refiner is the
-passing candidate with the lowest two-sample accuracy (the earlier step on ties). When
+label consistency is at least `min_label_consistency`, and its two-sample confidence is
+at least `realism_margin` below the raw synthetic images'. The exported refiner is the
+passing candidate with the lowest two-sample confidence (the earlier step on ties). When
 no candidate passes, no usable refiner is exported and training fails.
 """
 
@@ -32,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from pipeline.models import refine_array
 from pipeline.training import collapse, task
 from pipeline.training.config import TrainConfig
-from pipeline.training.realism import two_sample_accuracy
+from pipeline.training.realism import two_sample_test
 from pipeline.training.step import ADVERSARIAL, phase, unwrap
 
 SELECTION_FILE = "selection.jsonl"  # one scored candidate per line
@@ -47,8 +48,8 @@ CHECK_NAMES = {COLLAPSE: "collapsed", LABELS: "labels not kept", REALISM: "not m
 RULE = (
     "a candidate passes when it has not collapsed (contrast and diversity at least half the lower of the "
     "synthetic and real images'), its label consistency is at least min_label_consistency, and its "
-    "two-sample accuracy is at least realism_margin below the raw synthetic images'; the passing "
-    "candidate with the lowest two-sample accuracy is exported (the earlier step on ties)"
+    "two-sample confidence is at least realism_margin below the raw synthetic images'; the passing "
+    "candidate with the lowest two-sample confidence is exported (the earlier step on ties)"
 )
 
 
@@ -66,7 +67,8 @@ class HeldOut:
     synthetic: torch.Tensor
     real: torch.Tensor
     network: task.TaskNetwork | None
-    raw_two_sample: float  # the raw synthetic images' own realism figure
+    raw_two_sample: float  # the raw synthetic images' own realism figures
+    raw_confidence: float
     seed: int
 
 
@@ -94,10 +96,10 @@ def prepare(config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor,
         label_values = torch.from_numpy(train_labels.values).to(synthetic.device)
     held_synthetic = synthetic[torch.from_numpy(held_s).to(synthetic.device)]
     held_real = real[torch.from_numpy(held_r).to(real.device)]
-    raw = two_sample_accuracy(held_real.cpu().numpy(), held_synthetic.cpu().numpy(), seed=config.seed,
-                              min_steps=TWO_SAMPLE_STEPS)
+    raw = two_sample_test(held_real.cpu().numpy(), held_synthetic.cpu().numpy(), seed=config.seed,
+                          min_steps=TWO_SAMPLE_STEPS)
     return Prepared(synthetic[index_s], real[index_r], label_values,
-                    HeldOut(held_synthetic, held_real, network, raw, config.seed))
+                    HeldOut(held_synthetic, held_real, network, raw["accuracy"], raw["confidence"], config.seed))
 
 
 def score(refiner: torch.nn.Module, held_out: HeldOut, config: TrainConfig) -> dict:
@@ -105,9 +107,12 @@ def score(refiner: torch.nn.Module, held_out: HeldOut, config: TrainConfig) -> d
     synthetic = held_out.synthetic.cpu().numpy()
     real = held_out.real.cpu().numpy()
     refined = refine_array(unwrap(refiner), synthetic)
+    test = two_sample_test(real, refined, seed=held_out.seed, min_steps=TWO_SAMPLE_STEPS)
     figures = {
-        "two_sample": two_sample_accuracy(real, refined, seed=held_out.seed, min_steps=TWO_SAMPLE_STEPS),
+        "two_sample": test["accuracy"],
         "raw_two_sample": held_out.raw_two_sample,
+        "confidence": test["confidence"],
+        "raw_confidence": held_out.raw_confidence,
         **collapse.collapse_figures(synthetic, refined, real),
     }
     failed, checks = [], []
@@ -122,10 +127,10 @@ def score(refiner: torch.nn.Module, held_out: HeldOut, config: TrainConfig) -> d
             checks.append(LABELS)
             failed.append(f"label consistency {figures['label_consistency']:.3f} is below "
                           f"min_label_consistency {config.min_label_consistency:.2f}")
-    if figures["two_sample"] > held_out.raw_two_sample - config.realism_margin:
+    if figures["confidence"] > held_out.raw_confidence - config.realism_margin:
         checks.append(REALISM)
-        failed.append(f"not more realistic than the raw synthetic images (two-sample accuracy "
-                      f"{figures['two_sample']:.3f}, raw {held_out.raw_two_sample:.3f})")
+        failed.append(f"not more realistic than the raw synthetic images (two-sample confidence "
+                      f"{figures['confidence']:.3f}, raw {held_out.raw_confidence:.3f})")
     figures["passed"] = not failed
     figures["failed"] = failed
     figures["failed_checks"] = checks
@@ -162,7 +167,8 @@ class Selector:
             handle.write(json.dumps(record) + "\n")
         if self.echo:
             consistency = record.get("label_consistency")
-            print(f"candidate at step {step}: two-sample {record['two_sample']:.3f} (raw {record['raw_two_sample']:.3f}), "
+            print(f"candidate at step {step}: two-sample confidence {record['confidence']:.3f} "
+                  f"(raw {record['raw_confidence']:.3f}), "
                   f"contrast {record['refined_contrast']:.3f}, "
                   + (f"label consistency {consistency:.3f}, " if consistency is not None else "")
                   + ("passes" if record["passed"] else "fails: " + "; ".join(record["failed"])), flush=True)
@@ -187,12 +193,13 @@ def choose(records: list[dict]) -> dict:
         return {"status": "refused", "step": None, "reason": "no candidate was scored", "rule": RULE}
     passing = [r for r in records if r["passed"]]
     if passing:
-        best = min(passing, key=lambda r: (r["two_sample"], r["step"]))
+        best = min(passing, key=lambda r: (r["confidence"], r["step"]))
         return {"status": "passed", "step": best["step"], "reason": f"{len(passing)} of {len(records)} candidates "
-                f"passed; step {best['step']} is the most realistic (two-sample {best['two_sample']:.3f}, raw "
-                f"{best['raw_two_sample']:.3f})", "rule": RULE, "scores": best}
+                f"passed; step {best['step']} is the most realistic (two-sample confidence {best['confidence']:.3f}, "
+                f"raw {best['raw_confidence']:.3f}; accuracy {best['two_sample']:.3f}, raw {best['raw_two_sample']:.3f})",
+                "rule": RULE, "scores": best}
     # The least bad candidate is still exported (marked failed) for inspection.
-    least_bad = min(records, key=lambda r: (len(r["failed"]), r["two_sample"], r["step"]))
+    least_bad = min(records, key=lambda r: (len(r["failed"]), r["confidence"], r["step"]))
     counts = [f"{CHECK_NAMES[check]} in {sum(check in r['failed_checks'] for r in records)}"
               for check in CHECK_NAMES if any(check in r["failed_checks"] for r in records)]
     return {"status": "refused", "step": least_bad["step"], "reason": f"none of the {len(records)} candidates passed ("
