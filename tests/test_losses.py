@@ -70,3 +70,17 @@ def test_self_regularisation_psi_variants():
     checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 0.2 - 0.1
     textured = flat + checker
     assert losses.self_regularisation(textured, flat, "blur") < 0.2 * losses.self_regularisation(textured, flat)
+
+
+def test_normalised_psi_ignores_brightness_contrast_and_polarity_but_not_moved_strokes():
+    from pipeline.training.losses import psi, self_regularisation
+
+    x = torch.zeros(2, 1, 12, 12)
+    x[:, :, 3:9, 5:7] = 1.0
+    faded = 0.35 + 0.3 * x
+    assert self_regularisation(faded, x, "normalised") < 1e-5
+    assert self_regularisation(1 - x, x, "normalised") < 1e-5
+    assert self_regularisation(faded, x, "identity") > 0.3  # what identity psi charges for the same change
+    moved = torch.roll(x, 3, dims=3)
+    assert self_regularisation(moved, x, "normalised") > 0.5
+    assert psi(x, "normalised").shape == x.shape

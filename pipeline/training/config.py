@@ -19,7 +19,7 @@ from pipeline.models import DISCRIMINATOR_PRESETS, OUTPUT_FORMS, REFINER_PRESETS
 
 CONFIG_FILE = "config.json"
 OPTIMIZERS = ("adam", "sgd")
-PSI_CHOICES = ("identity", "channel_mean", "blur")
+PSI_CHOICES = ("identity", "channel_mean", "blur", "normalised")
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,14 @@ def psi(images: torch.Tensor, kind: str) -> torch.Tensor:
         return images.mean(dim=1, keepdim=True)
     if kind == "blur":
         return _blur(images)
+    if kind == "normalised":
+        # Each image as deviations from its own mean in units of its own spread, sign
+        # dropped: unchanged by brightness, contrast and polarity, so a refiner may
+        # match faded, grey-paper or dark-on-light real images for free, while moving,
+        # adding or erasing strokes still costs.
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        spread = images.std(dim=(1, 2, 3), keepdim=True).clamp_min(0.02)
+        return ((images - mean) / spread).abs()
     raise ValueError(f"unknown psi {kind!r}")
 
 
