@@ -706,11 +706,10 @@ class Sample:
     key: str
     image: np.ndarray
     labels: dict
-    raw: RawSample
 
 
 def decode_sample(raw: RawSample, limits: Limits = DEFAULT_LIMITS) -> Sample:
     """Decode image and labels; raises SampleError naming what is wrong."""
     image = decode_png(raw.image_bytes, limits.image_pixels)
     labels = decode_labels(raw.label_bytes, limits.label_bytes)
-    return Sample(raw.shard, raw.key, image, labels, raw)
+    return Sample(raw.shard, raw.key, image, labels)

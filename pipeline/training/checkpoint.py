@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from pipeline.errors import UserError
 from pipeline.tensor_file import header_problem, parse_metadata_json
-from pipeline.training.config import TrainConfig, config_from_dict
+from pipeline.training.config import TrainConfig
 from pipeline.training.step import TrainState, unwrap
 
 FORMAT = "simgan-checkpoint/1"
@@ -141,10 +141,6 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
     return tensors, meta
-
-
-def checkpoint_config(meta: dict) -> TrainConfig:
-    return config_from_dict(meta["config"])
 
 
 def _section(tensors: dict, prefix: str) -> dict:
