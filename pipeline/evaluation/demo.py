@@ -19,12 +19,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from pipeline import manifest
 from pipeline.data.digits import DEFAULT_RENDERING
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream, realism
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.report import summary_lines, write_report
+from pipeline.files import write_json
 
 STATE = "demo.json"
 FOLDERS = ("synthetic", "real", "run", "refined", "evaluation")
@@ -204,7 +204,7 @@ def run_demo(
         if outcome:
             state["outcome_" + name] = outcome
         state["done"].append(name)
-        manifest.write_json(os.path.join(out, STATE), state)
+        write_json(os.path.join(out, STATE), state)
         log(f"{prefix} {name} finished in {state['seconds'][name]} s "
             f"(demo so far {time.perf_counter() - began:.0f} s)")
 

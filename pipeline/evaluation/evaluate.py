@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline import manifest
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream, images, metrics, realism
+from pipeline.files import write_json
 from pipeline.version import __version__
 
 RESULTS = "results.json"
@@ -152,7 +152,7 @@ def evaluate(
         "versions": versions(),
     }
     os.makedirs(out_dir, exist_ok=True)
-    manifest.write_json(os.path.join(out_dir, RESULTS), results)
+    write_json(os.path.join(out_dir, RESULTS), results)
     log(f"[evaluate] done in {results['seconds']} s: {os.path.join(out_dir, RESULTS)}")
     return results
 
