@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from pipeline.models import refine_array  # noqa: E402
 from pipeline.refiner_file import load_refiner  # noqa: E402
 from pipeline.training.data import read_folder  # noqa: E402
-from pipeline.training.realism import two_sample_accuracy  # noqa: E402
+from pipeline.two_sample import two_sample_accuracy  # noqa: E402
 
 
 def main() -> None:

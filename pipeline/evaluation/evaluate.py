@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream, images, metrics, realism
 from pipeline.files import write_json
+from pipeline.two_sample import two_sample_accuracy
 from pipeline.version import __version__
 
 RESULTS = "results.json"
@@ -118,7 +119,7 @@ def evaluate(
             log(f"[evaluate] seed {seed + 1}/{seeds}: trained on {name}: "
                 f"{headline} {downstream_scores[name][-1][headline]:.4f} ({time.time() - tick:.1f} s)")
         for name, data in sources.items():
-            two_sample[name].append({"accuracy": realism.two_sample_accuracy(
+            two_sample[name].append({"accuracy": two_sample_accuracy(
                 test.images, data.images, seed=seed, epochs=two_sample_epochs)})
         log(f"[evaluate] seed {seed + 1}/{seeds}: two-sample accuracy "
             + ", ".join(f"real vs {n} {v[-1]['accuracy']:.3f}" for n, v in two_sample.items()))
