@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream, images, metrics, realism
 from pipeline.files import write_json
-from pipeline.two_sample import two_sample_accuracy
+from pipeline.two_sample import TWO_SAMPLE_EPOCHS, two_sample_accuracy
 from pipeline.version import __version__
 
 RESULTS = "results.json"
@@ -75,7 +75,7 @@ def evaluate(
     real_train_dir: str | None = None,
     seeds: int = 3,
     settings: downstream.TrainSettings | None = None,
-    two_sample_epochs: int = realism.TWO_SAMPLE_EPOCHS,
+    two_sample_epochs: int = TWO_SAMPLE_EPOCHS,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:

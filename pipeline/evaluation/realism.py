@@ -14,10 +14,6 @@ from torch import nn
 
 from pipeline.evaluation import downstream, metrics
 
-# Epochs of the two-sample test (pipeline.two_sample, shared with training's checkpoint
-# selection so both measure realism the same way).
-TWO_SAMPLE_EPOCHS = 8
-
 
 def label_agreement(task: str, real_model: nn.Module, images: np.ndarray, targets: np.ndarray) -> float:
     """digits: share of images the real-trained classifier gives the simulator's class;
