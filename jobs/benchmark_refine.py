@@ -17,7 +17,7 @@ Prints, for the same refiner, batch size and machine:
   between the processes, so its sum is the better estimate of real use.
 
 Images come from the digits simulator: a pool of distinct rendered digits cycled with
-unique keys, written as shards through `pipeline.dataset.write_labelled_shard`.
+unique keys, written as shards through `pipeline.data.output.write_labelled_shard`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.data import digits  # noqa: E402
-from pipeline.dataset import write_labelled_shard  # noqa: E402
+from pipeline.data.output import write_labelled_shard  # noqa: E402
 from pipeline.models import Refiner, refiner_preset  # noqa: E402
 from pipeline.refiner_file import load_refiner, save_refiner  # noqa: E402
 from pipeline.refine.stage import to_tensor  # noqa: E402

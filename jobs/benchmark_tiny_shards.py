@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.data import digits  # noqa: E402
-from pipeline.dataset import write_labelled_shard  # noqa: E402
+from pipeline.data.output import write_labelled_shard  # noqa: E402
 from pipeline.models import Refiner, refiner_preset  # noqa: E402
 from pipeline.refiner_file import save_refiner  # noqa: E402
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 from pipeline.evaluation import downstream, images, metrics
 from helpers.standins import write_digits, write_eyes
 

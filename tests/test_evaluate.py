@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 from pipeline.evaluation import downstream
 from pipeline.evaluation.evaluate import evaluate, load_results
 from helpers.standins import soften, write_digits, write_eyes

@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from pipeline import shards
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 
 
 def _samples(rng, count=5):

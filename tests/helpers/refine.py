@@ -10,7 +10,7 @@ import tarfile
 import numpy as np
 import torch
 
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 from pipeline.models import Refiner, RefinerSpec
 from pipeline.refiner_file import save_refiner
 

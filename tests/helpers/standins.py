@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from pipeline import shards
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 
 
 def pattern_digit(label: int, rng: np.random.Generator, style: str = "sharp") -> np.ndarray:
