@@ -1,7 +1,7 @@
 """Benchmark: refine N synthetic digit images end to end, and the bare forward pass.
 
-    python jobs/benchmark_refine.py --images 20000
-    python jobs/benchmark_refine.py --images 100000
+    python jobs/tools/benchmark_refine.py --images 20000
+    python jobs/tools/benchmark_refine.py --images 100000
 
 Prints, for the same refiner, batch size and machine:
 - bare forward: images/s of the refiner alone on float tensors already in memory
@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

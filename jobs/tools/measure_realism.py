@@ -1,6 +1,6 @@
 """Is refined data more realistic than raw synthetic data? Prints two accuracies.
 
-    python jobs/measure_realism.py --refiner RUN_DIR/refiner.safetensors \
+    python jobs/tools/measure_realism.py --refiner RUN_DIR/refiner.safetensors \
         --synthetic SYNTHETIC_DIR --real REAL_DIR [--limit 2000] [--seed 0]
 
 A small classifier is trained fresh to tell real from raw synthetic images, and another
@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 
