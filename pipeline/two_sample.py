@@ -2,8 +2,8 @@
 
 `two_sample_accuracy` is the realism check of both training's checkpoint selection and
 `simgan evaluate`: near 0.5 means the sets look alike to it, near 1.0 means they are
-easy to tell apart. Refined images that are more
-realistic than the raw synthetic ones score closer to 0.5 against real images.
+easy to tell apart. Refined images that are more realistic than the raw synthetic ones
+score closer to 0.5 against real images.
 """
 
 from __future__ import annotations
