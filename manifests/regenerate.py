@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import manifest, shards  # noqa: E402
-from pipeline.dataset import write_labelled_shard  # noqa: E402
+from pipeline.data.output import write_labelled_shard  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "golden")

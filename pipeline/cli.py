@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.commands import boundary, data, evaluate, refine, train
+from pipeline.commands import boundary, data, demo, evaluate, refine, train
 from pipeline.version import __version__
 
 
@@ -18,6 +18,6 @@ def main():
     """SimGAN dataset refinement: simulate, import real data, train, refine, evaluate."""
 
 
-for _module in (data, train, refine, evaluate):
+for _module in (data, train, refine, evaluate, demo):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
+from pipeline.files import replacing, write_json
 from pipeline.version import __version__
 
 OK = "ok"
@@ -147,19 +148,10 @@ def rows_to_table(rows: Iterable[dict]) -> pa.Table:
 
 def write_manifest(path: str, rows: Iterable[dict]) -> pa.Table:
     """Write rows to Parquet atomically (temporary file, then rename); returns the table."""
-    tmp = path + ".tmp"
     table = rows_to_table(rows)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
     return table
-
-
-def write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def shard_stem(shard_path: str) -> str:
@@ -264,9 +256,8 @@ def write_dataset_manifest(
     else:
         table = rows_to_table([])
     table = table.sort_by([("shard", "ascending"), ("key", "ascending")])
-    tmp = os.path.join(folder, DATASET_MANIFEST + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, os.path.join(folder, DATASET_MANIFEST))
+    with replacing(os.path.join(folder, DATASET_MANIFEST)) as tmp:
+        pq.write_table(table, tmp)
     statuses = table.column("status").to_pylist()
     summary = {
         "shards": len(tables),

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import safe_open, save_file
 
 from pipeline.errors import UserError
+from pipeline.files import replacing
 from pipeline.models import OUTPUT_FORMS, Refiner, RefinerSpec
 from pipeline.tensor_file import header_problem, parse_metadata_json
 from pipeline.version import __version__
@@ -97,9 +98,8 @@ def save_refiner(
         "content_hash": content_hash,
         "package_version": __version__,
     }
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
     return content_hash
 
 

@@ -22,6 +22,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.errors import UserError
+from pipeline.files import replacing
 
 IMAGE_EXT = "png"
 LABEL_EXT = "json"
@@ -344,15 +345,13 @@ def write_shard(path: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> i
     Written to a temporary name and renamed, so a killed writer never leaves a tar that
     looks complete.
     """
-    tmp = path + ".tmp"
     count = 0
-    with open(tmp, "wb") as stream:
+    with replacing(path) as tmp, open(tmp, "wb") as stream:
         with wds.TarWriter(stream, mtime=FIXED_MTIME, user="simgan", group="simgan", mode=0o444) as writer:
             for key, members in samples:
                 check_key(key)
                 writer.write({"__key__": key, **members})
                 count += 1
-    os.replace(tmp, path)
     return count
 
 
@@ -706,11 +705,10 @@ class Sample:
     key: str
     image: np.ndarray
     labels: dict
-    raw: RawSample
 
 
 def decode_sample(raw: RawSample, limits: Limits = DEFAULT_LIMITS) -> Sample:
     """Decode image and labels; raises SampleError naming what is wrong."""
     image = decode_png(raw.image_bytes, limits.image_pixels)
     labels = decode_labels(raw.label_bytes, limits.label_bytes)
-    return Sample(raw.shard, raw.key, image, labels, raw)
+    return Sample(raw.shard, raw.key, image, labels)

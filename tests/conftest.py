@@ -7,6 +7,20 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local 2-CPU Ray for every test that asks for it; the jobs under test find it
+    initialised and reuse it rather than start their own. Tests that check how a job
+    starts or stops its own Ray run it in a subprocess (or a cluster of their own)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture
 def rng():
     import numpy as np

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from hostile_tars import good, png, tar_bytes, write
+from helpers.tars import good, png, tar_bytes, write
 from pipeline import manifest, shards
 from pipeline.cli import main
 from pipeline.commands.refine import refine
-from refine_helpers import make_refiner, ray_local  # noqa: F401 - fixture
+from helpers.refine import make_refiner
 
 
 def _shard(folder, name, labels):
@@ -63,7 +63,7 @@ def test_undecodable_labels_are_left_to_the_per_sample_report(tmp_path):
     shards.check_label_kinds(shards.list_shards(str(tmp_path)))
 
 
-def test_integers_and_floats_share_a_float_column(tmp_path, refiner, ray_local):  # noqa: F811
+def test_integers_and_floats_share_a_float_column(tmp_path, refiner, ray_local):
     _shard(tmp_path / "in", "a.tar", {"a1": {"scale": 1}})
     _shard(tmp_path / "in", "b.tar", {"b1": {"scale": 1.5}})
     result = CliRunner().invoke(refine, ["--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--refiner", refiner])

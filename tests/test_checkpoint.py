@@ -10,7 +10,7 @@ from pipeline.training import checkpoint as ckpt
 from pipeline.training import train
 from pipeline.training.loop import CHECKPOINT_DIR, run_local
 from pipeline.training.step import build_state, train_step
-from train_helpers import TINY, pools, tiny_config, write_folders
+from helpers.train import TINY, pools, tiny_config, write_folders
 
 
 def _tensors(state):

@@ -14,7 +14,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipeline import manifest, shards
 from pipeline.refine.diff import diff_manifests
-from refine_helpers import make_refiner, write_dataset
+from helpers.refine import make_refiner, write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")

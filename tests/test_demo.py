@@ -6,10 +6,9 @@ import os
 import pytest
 
 from pipeline import manifest
+from pipeline.demo import PRESETS, DemoSettings, commands_for, run_demo
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream
-from pipeline.commands.evaluate import DEMO_PRESETS
-from pipeline.evaluation.demo import PRESETS, DemoSettings, commands_for, run_demo
 
 TINY = DemoSettings(
     synthetic_count=120,
@@ -56,7 +55,6 @@ def test_demo_runs_every_step_then_continues(tmp_path):
 
 
 def test_demo_presets_differ_only_in_the_simulator_rendering():
-    assert set(DEMO_PRESETS) == set(PRESETS)
     assert {name: settings.rendering for name, settings in PRESETS.items()} == {"demo": "binary", "antialiased": "antialiased"}
     assert PRESETS["antialiased"] == DemoSettings(rendering="antialiased")
     assert "--rendering antialiased" in commands_for("d", PRESETS["antialiased"], "antialiased")["simulate"]

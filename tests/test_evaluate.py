@@ -1,36 +1,18 @@
 """`simgan evaluate` on small generated stand-ins, read back from results.json."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import shards
 from pipeline.cli import main
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 from pipeline.evaluation import downstream
 from pipeline.evaluation.evaluate import evaluate, load_results
-from test_downstream import write_digits, write_eyes
+from helpers.standins import soften, write_digits, write_eyes
 
 QUICK = downstream.TrainSettings(steps=40, batch_size=32, gaze_model="small")
-
-
-def soften(source, target, seed):
-    """A stand-in for refinement: the same keys and labels, images blurred and noised the
-    way the stand-in 'real' images are."""
-    rng = np.random.default_rng(seed)
-    for path in shards.list_shards(source):
-        samples = []
-        for item in shards.iter_shard(path):
-            sample = shards.decode_sample(item)
-            image = sample.image.astype(np.float32) / 255
-            image = (image + np.roll(image, 1, 0) + np.roll(image, 1, 1)) / 3
-            image = image * rng.uniform(0.6, 0.9) + rng.normal(0, 0.08, image.shape)
-            samples.append((sample.key, (np.clip(image, 0, 1) * 255).astype(np.uint8), sample.labels))
-        write_labelled_shard(str(target), os.path.basename(path), samples)
-    return str(target)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hostile_tars import png, png_header
+from helpers.tars import png, png_header
 from pipeline import manifest, shards
 
 # Small limits, so the fuzzer reaches them with small inputs.

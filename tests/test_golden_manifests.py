@@ -12,7 +12,6 @@ import pytest
 from pipeline import manifest
 from pipeline.refine.diff import diff_manifests
 from pipeline.refiner_file import read_refiner_info
-from refine_helpers import ray_local  # noqa: F401 - fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("regenerate", os.path.join(ROOT, "manifests", "regenerate.py"))
@@ -21,7 +20,7 @@ _spec.loader.exec_module(regenerate)
 
 
 @pytest.mark.slow
-def test_regenerated_manifests_match_golden(tmp_path, ray_local):  # noqa: F811
+def test_regenerated_manifests_match_golden(tmp_path, ray_local):
     refined = regenerate.regenerate(str(tmp_path))
     result = diff_manifests(regenerate.GOLDEN, refined, check_hashes=True, hash_columns=regenerate.REPRODUCIBLE_HASHES)
     assert result.ok, result.to_text()

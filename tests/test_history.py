@@ -3,7 +3,7 @@ import torch
 
 from pipeline.training.history import HistoryBuffer
 from pipeline.training.step import build_state, train_step
-from train_helpers import pools, tiny_config
+from helpers.train import pools, tiny_config
 
 
 def _images(n, value):

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.step import build_state, train_step
 from pipeline.tensor_file import MAX_HEADER_BYTES
-from train_helpers import pools, tiny_config
+from helpers.train import pools, tiny_config
 
 
 @pytest.fixture(scope="module")

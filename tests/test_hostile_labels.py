@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from pipeline import shards
 from pipeline.cli import main
 from pipeline.data.validate import scan_folder
-from refine_helpers import raw_tar
+from helpers.refine import raw_tar
 
 # Each hostile label member, with the kind it must be reported as.
 HOSTILE = {

@@ -13,7 +13,7 @@ from pipeline.commands.refine import refine
 from pipeline.models import Refiner, RefinerSpec
 from pipeline.refiner_file import FORMAT, RefinerFileError, load_refiner, read_refiner_info
 from pipeline.tensor_file import MAX_HEADER_BYTES
-from refine_helpers import make_refiner
+from helpers.refine import make_refiner
 
 TINY_SPEC = {"kernel": 3, "features": 4, "blocks": 1, "channels": 1}
 

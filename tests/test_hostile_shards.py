@@ -14,7 +14,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from hostile_tars import gzip_bomb, good, link, png, png_header, special, tar_bytes, write
+from helpers.tars import gzip_bomb, good, link, png, png_header, special, tar_bytes, write
 from pipeline import shards
 from pipeline.cli import main
 from pipeline.data.validate import format_report, scan_folder

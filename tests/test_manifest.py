@@ -7,8 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipeline import manifest, shards
-from pipeline.data.output import Failure, write_dataset
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import Failure, write_dataset, write_labelled_shard
 from pipeline.version import __version__
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from pipeline import manifest, shards
 from pipeline.commands.refine import manifest_diff
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 from pipeline.refine.diff import diff_manifests
 
 

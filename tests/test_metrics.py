@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.evaluation import downstream, images, metrics, realism
-from test_downstream import gaze_vector, write_digits
+from helpers.standins import gaze_vector, write_digits
 
 
 def test_binomial_p_value_reproduces_the_papers_turing_test():

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from refine_helpers import make_refiner, write_dataset
-from train_helpers import TINY, write_folders
+from helpers.refine import make_refiner, write_dataset
+from helpers.train import TINY, write_folders
 
 BIN = os.path.dirname(sys.executable)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

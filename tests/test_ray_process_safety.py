@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from refine_helpers import make_refiner, write_dataset
+from helpers.refine import make_refiner, write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from pipeline import manifest, shards
 from pipeline.commands.refine import refine
 from pipeline.data.validate import scan_folder
-from refine_helpers import image, make_refiner, ray_local, raw_tar  # noqa: F401 - fixture
+from helpers.refine import image, make_refiner, raw_tar
 
 
 def _members(rng, *keys):
@@ -31,7 +31,7 @@ def _good_then(rng, shard, *extra, good=("a", "b")):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, ray_local):  # noqa: F811
+def run(tmp_path_factory, ray_local):
     rng = np.random.default_rng(0)
     root = tmp_path_factory.mktemp("bad")
     src = root / "in"

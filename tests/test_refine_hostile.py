@@ -10,11 +10,11 @@ import pytest
 import webdataset as wds
 from click.testing import CliRunner
 
-from hostile_tars import gzip_bomb, link, png, png_header, tar_bytes, write
+from helpers.tars import gzip_bomb, link, png, png_header, tar_bytes, write
 from pipeline import manifest, shards
 from pipeline.commands.refine import refine
 from pipeline.data.validate import scan_folder
-from refine_helpers import SIZE, make_refiner, ray_local  # noqa: F401 - fixture
+from helpers.refine import SIZE, make_refiner
 
 
 def _good(prefix, count=2):
@@ -47,7 +47,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, ray_local):  # noqa: F811
+def run(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("hostile")
     for name, (members, _) in CASES.items():
         write(root / "in" / f"{name}.tar", members if isinstance(members, bytes) else tar_bytes(members))
@@ -93,7 +93,7 @@ def test_the_clean_shard_is_untouched_by_its_neighbours(run):
     assert os.path.exists(manifest.stats_path(str(run[2]), "plain.tar"))
 
 
-def test_a_raised_label_limit_keeps_large_labels_whole(tmp_path, ray_local):  # noqa: F811
+def test_a_raised_label_limit_keeps_large_labels_whole(tmp_path, ray_local):
     large = shards.encode_labels({"text": "x" * 100_000})
     write(tmp_path / "in" / "a.tar", tar_bytes(_good("a") + [("a_big.png", _good("z", 1)[0][1]), ("a_big.json", large)]))
     refiner = make_refiner(str(tmp_path / "tiny.safetensors"))

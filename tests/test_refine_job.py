@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -15,7 +14,7 @@ from pipeline import manifest, shards
 from pipeline.commands.refine import manifest_diff, refine
 from pipeline.refine import refine_dataset
 from pipeline.refiner_file import read_refiner_info
-from refine_helpers import make_refiner, ray_local, write_dataset  # noqa: F401 - fixture
+from helpers.refine import make_refiner, write_dataset
 
 SHARDS = 3
 PER_SHARD = 20
@@ -30,7 +29,7 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def first_run(data, ray_local):  # noqa: F811
+def first_run(data, ray_local):
     root, in_dir, refiner = data
     out = str(root / "out1")
     summary = refine_dataset(in_dir, out, refiner, batch_size=16)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pipeline import manifest
 from pipeline.commands.refine import refine
 from pipeline.refine import refine_dataset
-from refine_helpers import make_refiner, ray_local, write_dataset  # noqa: F401 - fixture
+from helpers.refine import make_refiner, write_dataset
 
 SHARDS = 3
 PER_SHARD = 5
@@ -21,7 +21,7 @@ NAMES = [f"data-{i:06d}.tar" for i in range(SHARDS)]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, ray_local):  # noqa: F811
+def base(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("resume")
     write_dataset(str(root / "in"), SHARDS, PER_SHARD)
     refiner = make_refiner(str(root / "tiny.safetensors"))

@@ -9,7 +9,7 @@ import torch
 from pipeline.manifest import OK
 from pipeline.refine.stage import RefineStage, from_tensor, to_tensor
 from pipeline.refiner_file import RefinerFileError
-from refine_helpers import image, make_refiner
+from helpers.refine import image, make_refiner
 
 
 @pytest.fixture

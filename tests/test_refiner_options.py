@@ -2,7 +2,6 @@
 label-consistency loss and spectral normalisation in D. Each test fails if its option
 does nothing."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -10,7 +9,7 @@ from pipeline.errors import UserError
 from pipeline.models import Deformation, Discriminator, Refiner, RefinerSpec, discriminator_preset
 from pipeline.training import losses, task
 from pipeline.training.step import build_state, train_step
-from train_helpers import pools, tiny_config
+from helpers.train import pools, tiny_config
 
 SMALL = dict(features=8, blocks=1)
 

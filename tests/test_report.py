@@ -13,8 +13,7 @@ from pipeline.cli import main
 from pipeline.evaluation import downstream
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.evaluation.report import verdict
-from test_downstream import write_digits
-from test_evaluate import soften
+from helpers.standins import soften, write_digits
 
 TINY = downstream.TrainSettings(steps=8, batch_size=16)
 

@@ -18,7 +18,7 @@ from pipeline.refiner_file import read_refiner_info
 from pipeline.training import selection
 from pipeline.training.job import RefinerRefused, train
 from pipeline.training.task import extract_labels
-from train_helpers import TINY, tiny_config, write_folders
+from helpers.train import TINY, tiny_config, write_folders
 
 SIZE = 12
 

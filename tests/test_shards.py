@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from pipeline import shards
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 
 
 def _samples(rng, count=5):
@@ -143,19 +143,14 @@ def test_round_trip_through_webdataset_reader_raw_bytes(tmp_path, rng):
 
 
 @pytest.mark.slow
-def test_round_trip_through_ray_data(tmp_path, rng):
+def test_round_trip_through_ray_data(tmp_path, rng, ray_local):
     import ray
 
     samples = _samples(rng, 6)
     _write(tmp_path, "s-000000.tar", samples[:4])
     _write(tmp_path, "s-000001.tar", samples[4:])
-    # address="local": a private cluster, even when another Ray runs on this machine.
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        # The folder also holds the Parquet manifests: read only the tars.
-        rows = ray.data.read_webdataset(str(tmp_path), file_extensions=["tar"]).take_all()
-    finally:
-        ray.shutdown()
+    # The folder also holds the Parquet manifests: read only the tars.
+    rows = ray.data.read_webdataset(str(tmp_path), file_extensions=["tar"]).take_all()
     by_key = {row["__key__"]: row for row in rows}
     assert sorted(by_key) == [key for key, _, _ in samples]
     for key, image, labels in samples:

@@ -4,7 +4,7 @@ from pipeline.models import Discriminator, discriminator_preset
 from pipeline.training import losses
 from pipeline.training.stabilisers import HistoricalAverage, feature_matching_loss, reference_batch
 from pipeline.training.step import build_state, train_step
-from train_helpers import pools, tiny_config
+from helpers.train import pools, tiny_config
 
 
 def _refiner_after_adversarial_steps(**changes):

@@ -9,7 +9,6 @@ import os
 import shutil
 
 import pytest
-import ray
 import torch
 
 from pipeline import shards
@@ -17,16 +16,9 @@ from pipeline.refiner_file import load_refiner
 from pipeline.training import train
 from pipeline.training.checkpoint import checkpoint_path, read_checkpoint
 from pipeline.training.loop import CHECKPOINT_DIR
-from train_helpers import TINY, write_folders
+from helpers.train import TINY, write_folders
 
 OPTIONS = {**{k: v for k, v in TINY.items() if k != "model"}, "checkpoint_every": 3}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _metrics(run_dir):
@@ -35,7 +27,7 @@ def _metrics(run_dir):
 
 
 @pytest.mark.slow
-def test_ray_train_two_workers_then_one_resumes_like_the_local_loop(tmp_path, local_ray):
+def test_ray_train_two_workers_then_one_resumes_like_the_local_loop(tmp_path, ray_local):
     syn, real = write_folders(tmp_path)
     # One unusable sample: recorded with shard, key and reason, not silently dropped.
     shards.write_shard(str(tmp_path / "syn" / "syn-000001.tar"), [("broken", {"png": b"not a png", "json": b"{}"})])

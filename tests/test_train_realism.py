@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.training.realism import two_sample_accuracy
+from pipeline.two_sample import two_sample_accuracy
 
 
 def test_two_sample_accuracy_tells_different_sets_apart_and_not_alike_ones():

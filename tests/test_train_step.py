@@ -1,8 +1,17 @@
 import pytest
 import torch
 
-from pipeline.training.step import ADVERSARIAL, PRETRAIN_DISCRIMINATOR, PRETRAIN_REFINER, build_state, phase, train_step
-from train_helpers import pools, tiny_config
+from pipeline.training.step import (
+    ADVERSARIAL,
+    PRETRAIN_DISCRIMINATOR,
+    PRETRAIN_REFINER,
+    build_state,
+    phase,
+    refiner_update,
+    step_generator,
+    train_step,
+)
+from helpers.train import pools, tiny_config
 
 
 def _adam_steps(optimizer) -> int:
@@ -49,11 +58,19 @@ def test_pretraining_phases_have_their_step_counts_and_touch_one_network_each():
     assert state.step == config.total_steps
 
 
-def test_refiner_update_leaves_no_gradient_on_the_discriminator():
-    config = tiny_config(pretrain_refiner_steps=0, pretrain_discriminator_steps=0, iterations=1, k_d=1)
+@pytest.mark.parametrize("feature_matching", [False, True])
+def test_refiner_update_leaves_no_gradient_on_the_discriminator(feature_matching):
+    config = tiny_config(pretrain_refiner_steps=0, pretrain_discriminator_steps=0, iterations=1,
+                         feature_matching=feature_matching)
     synthetic, real = pools()
     state = build_state(config, (1, 12, 12), real)
-    train_step(state, config, synthetic, real)
+    r = _params(state.refiner)
+    # The refiner's update alone: a discriminator update after it would clear D's
+    # gradients before anyone could see them.
+    refiner_update(state, config, synthetic, real, step_generator(config.seed, 0), adversarial=True)
+    assert _changed(r, state.refiner)
+    assert all(p.grad is None for p in state.discriminator.parameters())
+    # Unfrozen again for its own update.
     assert all(p.requires_grad for p in state.discriminator.parameters())
 
 

@@ -14,8 +14,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from pipeline.cli import main
 from pipeline.evaluation import turing
-from test_downstream import write_digits
-from test_evaluate import soften
+from helpers.standins import soften, write_digits
 
 COUNT = 6
 

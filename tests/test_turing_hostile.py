@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import numpy as np
 import pytest
 
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 from pipeline.evaluation import turing
 
 ANSWER = urlencode({"rater": "ann", "n": 0, "answer": "real"})

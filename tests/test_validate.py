@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from pipeline import shards
 from pipeline.cli import main
+from pipeline.data.output import write_labelled_shard
 from pipeline.data.validate import scan_folder, validate_folder
-from pipeline.dataset import write_labelled_shard
 
 
 def _png(shape=(6, 8), dtype=np.uint8):

@@ -1,4 +1,4 @@
-"""`simgan evaluate`, `simgan turing-test`, `simgan report` and `simgan demo`."""
+"""`simgan evaluate`, `simgan turing-test` and `simgan report`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import shlex
 
 import click
 
-from pipeline.commands.boundary import command, verbose_option
+from pipeline.commands.boundary import command
 from pipeline.evaluation import downstream
 
 
@@ -55,7 +55,7 @@ def evaluate(task, synthetic_dir, refined_dir, real_train_dir, real_test_dir, se
              gaze_model, out_dir):
     """Train the same downstream estimator on synthetic, refined (and real) shards; test on real."""
     from pipeline.evaluation.evaluate import evaluate as run_evaluation
-    from pipeline.evaluation.realism import TWO_SAMPLE_EPOCHS
+    from pipeline.two_sample import TWO_SAMPLE_EPOCHS
     from pipeline.evaluation.report import summary_lines
 
     defaults = downstream.TrainSettings()
@@ -127,23 +127,4 @@ def turing_test(real_dir, refined_dir, answer_files, port, count, seed, summary)
     click.echo(turing.summary_text(test.summary()))
 
 
-# Spelled out so the CLI starts without importing the demo (report and plotting code);
-# a test keeps it equal to pipeline.evaluation.demo.PRESETS.
-DEMO_PRESETS = ("demo", "antialiased")
-
-
-@command()
-@click.option("--out", "out_dir", default="simgan-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for everything the demo writes.")
-@click.option("--preset", type=click.Choice(DEMO_PRESETS), default="demo", show_default=True,
-              help="demo: binary-rendered digits; antialiased: the same on the MNIST-tuned rendering.")
-@click.option("--overwrite", is_flag=True, help="Start over instead of continuing an earlier run in --out.")
-@verbose_option
-def demo(out_dir, preset, overwrite):
-    """Simulate, import MNIST, train, refine, check labels, evaluate, report: all in one."""
-    from pipeline.evaluation.demo import run_demo
-
-    run_demo(out_dir, preset, overwrite=overwrite, log=click.echo)
-
-
-COMMANDS = [evaluate, turing_test, report, demo]
+COMMANDS = [evaluate, turing_test, report]

@@ -1,4 +1,5 @@
-"""Output folders of the simulators and importers: refusing to mix runs, packing shards.
+"""Writing labelled datasets (simulators, importers, tests and benchmarks): one shard with
+its input manifest, a whole folder of them, and refusing to mix runs in one folder.
 
 A dataset folder holds `<prefix>-NNNNNN.tar` shards, each with its input manifest and
 stats file, and the folder's `manifest.parquet` and `summary.json`. Inputs that could
@@ -16,7 +17,6 @@ from typing import Callable, Iterable
 import numpy as np
 
 from pipeline import manifest, shards
-from pipeline.dataset import write_labelled_shard
 from pipeline.errors import UserError
 
 
@@ -27,6 +27,40 @@ class Failure:
     key: str
     kind: str  # a problem kind of pipeline.shards, e.g. UNDECODABLE_IMAGE
     message: str  # names the input file
+
+
+def write_labelled_shard(
+    out_dir: str,
+    shard_name: str,
+    samples: Iterable[tuple[str, np.ndarray, dict]],
+    failures: Iterable[dict] = (),
+) -> dict:
+    """Write `(key, image, labels)` samples to `out_dir/shard_name` with its manifest.
+
+    `failures` are manifest rows (`manifest.make_row(..., status=..., error=...)`) for
+    inputs that could not become samples: they go into the manifest, not the tar, so
+    nothing is dropped silently. Returns the shard's stats; the stats file, written
+    last, marks the shard complete.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    members, rows = [], []
+    for key, image, labels in samples:
+        png = shards.encode_png(image)
+        label_bytes = shards.encode_labels(labels)
+        members.append((key, {shards.IMAGE_EXT: png, shards.LABEL_EXT: label_bytes}))
+        rows.append(
+            manifest.make_row(
+                key,
+                shard_name,
+                geometry=shards.image_geometry(image),
+                labels=labels,
+                labels_json=label_bytes.decode("utf-8"),
+                input_bytes=png,
+            )
+        )
+    rows.extend(failures)
+    shards.write_shard(os.path.join(out_dir, shard_name), members)
+    return manifest.commit_shard(out_dir, shard_name, rows)
 
 
 def prepare_output(out_dir: str, prefix: str, overwrite: bool) -> None:

@@ -4,7 +4,7 @@ Work is split into shards of `per_shard` samples. Shard `i` draws everything fro
 random generator seeded by (seed, i), and keys are numbered globally, so the output is
 byte-identical for a seed whatever the number of worker processes. Workers are
 spawn-safe top-level functions of this module; each writes its own shard (tar, input
-manifest, stats file) through `pipeline.dataset.write_labelled_shard`.
+manifest, stats file) through `pipeline.data.output.write_labelled_shard`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import numpy as np
 
 from pipeline import manifest, shards
 from pipeline.data import digits, eyes
-from pipeline.data.output import prepare_output
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import prepare_output, write_labelled_shard
 from pipeline.errors import UserError
 
 KINDS = ("digits", "eyes")

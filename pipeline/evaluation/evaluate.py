@@ -18,9 +18,10 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline import manifest
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream, images, metrics, realism
+from pipeline.files import write_json
+from pipeline.two_sample import TWO_SAMPLE_EPOCHS, two_sample_accuracy
 from pipeline.version import __version__
 
 RESULTS = "results.json"
@@ -74,7 +75,7 @@ def evaluate(
     real_train_dir: str | None = None,
     seeds: int = 3,
     settings: downstream.TrainSettings | None = None,
-    two_sample_epochs: int = realism.TWO_SAMPLE_EPOCHS,
+    two_sample_epochs: int = TWO_SAMPLE_EPOCHS,
     command: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -118,7 +119,7 @@ def evaluate(
             log(f"[evaluate] seed {seed + 1}/{seeds}: trained on {name}: "
                 f"{headline} {downstream_scores[name][-1][headline]:.4f} ({time.time() - tick:.1f} s)")
         for name, data in sources.items():
-            two_sample[name].append({"accuracy": realism.two_sample_accuracy(
+            two_sample[name].append({"accuracy": two_sample_accuracy(
                 test.images, data.images, seed=seed, epochs=two_sample_epochs)})
         log(f"[evaluate] seed {seed + 1}/{seeds}: two-sample accuracy "
             + ", ".join(f"real vs {n} {v[-1]['accuracy']:.3f}" for n, v in two_sample.items()))
@@ -152,7 +153,7 @@ def evaluate(
         "versions": versions(),
     }
     os.makedirs(out_dir, exist_ok=True)
-    manifest.write_json(os.path.join(out_dir, RESULTS), results)
+    write_json(os.path.join(out_dir, RESULTS), results)
     log(f"[evaluate] done in {results['seconds']} s: {os.path.join(out_dir, RESULTS)}")
     return results
 

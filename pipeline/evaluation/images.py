@@ -34,17 +34,6 @@ class ImageSet:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
-    def subset(self, indices) -> "ImageSet":
-        indices = np.asarray(indices, dtype=np.int64)
-        return ImageSet(
-            self.folder,
-            self.images[indices],
-            [self.labels[i] for i in indices],
-            [self.keys[i] for i in indices],
-            [self.shards[i] for i in indices],
-            self.problems,
-        )
-
     def problem_records(self) -> list[dict]:
         return [{"shard": p.shard, "key": p.key, "kind": p.kind, "message": p.message} for p in self.problems]
 

@@ -1,8 +1,6 @@
-"""Realism and label metrics that need a classifier trained here.
+"""Realism and label metrics that need a classifier trained here. (The two-sample test,
+a fresh classifier telling real images from images X, is `pipeline.two_sample`.)
 
-- Two-sample test: a fresh classifier learns to tell real images from images X; its
-  held-out accuracy is near 100 % when X is easy to spot and 50 % when X is
-  indistinguishable from real.
 - Label preservation: an estimator trained on labelled *real* data, applied to X,
   agrees with the simulator's labels when refinement kept what the labels describe.
 - Inception-score analogue and Frechet distance in the feature space of that real-trained
@@ -15,12 +13,6 @@ import numpy as np
 from torch import nn
 
 from pipeline.evaluation import downstream, metrics
-from pipeline.training import realism as training_realism
-
-# The two-sample test is the training package's realism check, shared so the demo's
-# training report and this evaluation measure realism the same way.
-two_sample_accuracy = training_realism.two_sample_accuracy
-TWO_SAMPLE_EPOCHS = 8
 
 
 def label_agreement(task: str, real_model: nn.Module, images: np.ndarray, targets: np.ndarray) -> float:

@@ -16,8 +16,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pipeline.errors import UserError
+from pipeline.files import replacing
 from pipeline.tensor_file import header_problem, parse_metadata_json
-from pipeline.training.config import TrainConfig, config_from_dict
+from pipeline.training.config import TrainConfig
 from pipeline.training.step import TrainState, unwrap
 
 FORMAT = "simgan-checkpoint/1"
@@ -77,9 +78,8 @@ def save_checkpoint(path: str, state: TrainState, config: TrainConfig, preset: s
         "opt_d": _optimizer_tensors("opt_d", state.opt_d, tensors),
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata={"simgan_checkpoint": json.dumps(meta)})
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, tmp, metadata={"simgan_checkpoint": json.dumps(meta)})
     return path
 
 
@@ -141,10 +141,6 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
     return tensors, meta
-
-
-def checkpoint_config(meta: dict) -> TrainConfig:
-    return config_from_dict(meta["config"])
 
 
 def _section(tensors: dict, prefix: str) -> dict:

@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass, fields
 
 from pipeline.errors import UserError
+from pipeline.files import write_json
 from pipeline.models import DISCRIMINATOR_PRESETS, OUTPUT_FORMS, REFINER_PRESETS
 
 CONFIG_FILE = "config.json"
@@ -319,9 +320,5 @@ def save_config(run_dir: str, config: TrainConfig, preset: str) -> str:
             )
         return path
     os.makedirs(run_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_json(path, data)
     return path

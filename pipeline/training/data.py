@@ -60,10 +60,6 @@ def iter_images(
         yield item.key, shards.to_float(sample.image), found, sample.labels
 
 
-def folder_shards(folder: str, role: str) -> list[str]:
-    return shards.require_shards(folder, role)
-
-
 def first_geometry(paths: list[str], role: str) -> Geometry:
     """The geometry of the first usable sample: the one every other sample must share."""
     for path in paths:
@@ -84,7 +80,7 @@ class ImageSet:
 
 def read_folder(folder: str, role: str, geometry: Geometry | None = None) -> ImageSet:
     """Every usable image of a shard folder, in memory (the local loop's input)."""
-    paths = folder_shards(folder, role)
+    paths = shards.require_shards(folder, role)
     geometry = geometry or first_geometry(paths, role)
     images, keys, problems, labels = [], [], [], []
     for path in paths:
@@ -106,7 +102,7 @@ def read_folder(folder: str, role: str, geometry: Geometry | None = None) -> Ima
 def first_images(folder: str, role: str, count: int, geometry: Geometry) -> np.ndarray:
     """Up to `count` usable images from the first shards, in stored order (a small sample)."""
     images = []
-    for path in folder_shards(folder, role):
+    for path in shards.require_shards(folder, role):
         for item in iter_images(path, geometry):
             if not isinstance(item, shards.Problem):
                 images.append(item[1])

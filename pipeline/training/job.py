@@ -6,9 +6,9 @@ import os
 
 import torch
 
-from pipeline import manifest
 from pipeline.devices import pick_device
 from pipeline.errors import UserError
+from pipeline.files import write_json
 from pipeline.models import Refiner
 from pipeline.refiner_file import save_refiner
 from pipeline.training import selection
@@ -32,7 +32,7 @@ def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str
     exporting the least bad candidate, marked failed) when no candidate passed."""
     records = selection.read_records(run_dir)
     choice = selection.choose(records)
-    manifest.write_json(os.path.join(run_dir, selection.CHOICE_FILE), {**choice, "candidates": records})
+    write_json(os.path.join(run_dir, selection.CHOICE_FILE), {**choice, "candidates": records})
     plot_selection(run_dir, records, choice)
     path = os.path.join(run_dir, REFINER_FILE)
     if choice["step"] is None:

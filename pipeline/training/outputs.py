@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pipeline import shards
+from pipeline.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
@@ -95,9 +96,7 @@ def write_grid(run_dir: str, step: int, refiner: torch.nn.Module, synthetic: tor
         refined = refiner(synthetic)
     refiner.train(was_training)
     path = os.path.join(run_dir, SAMPLES_DIR, f"step-{step:08d}.png")
-    with open(path + ".tmp", "wb") as handle:
-        handle.write(shards.encode_png(grid_image(synthetic, refined, real)))
-    os.replace(path + ".tmp", path)
+    atomic_write(path, shards.encode_png(grid_image(synthetic, refined, real)))
     return path
 
 

@@ -23,7 +23,7 @@ from pipeline.errors import UserError
 from pipeline.ray_session import is_verbose, ray_session
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.config import TrainConfig, config_from_dict
-from pipeline.training.data import Geometry, check_compatible, first_geometry, folder_shards, iter_images, record_problems
+from pipeline.training.data import Geometry, check_compatible, first_geometry, iter_images, record_problems
 from pipeline.training.loop import run_steps, start
 from pipeline.training.outputs import RunOutputs
 from pipeline.training.selection import Selector
@@ -57,7 +57,7 @@ def image_dataset(folder: str, role: str, run_dir: str, geometry: Geometry | Non
     """(materialised Ray Dataset of key + image, geometry); problems recorded in the run dir."""
     import ray
 
-    paths = folder_shards(folder, role)
+    paths = shards.require_shards(folder, role)
     geometry = geometry or first_geometry(paths, role)
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
     ds = ds.flat_map(functools.partial(_rows, geometry=geometry)).materialize()

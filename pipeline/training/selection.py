@@ -33,8 +33,8 @@ from safetensors.torch import load_file, save_file
 from pipeline.models import refine_array
 from pipeline.training import collapse, task
 from pipeline.training.config import TrainConfig
-from pipeline.training.realism import two_sample_test
 from pipeline.training.step import ADVERSARIAL, phase, unwrap
+from pipeline.two_sample import two_sample_test
 
 SELECTION_FILE = "selection.jsonl"  # one scored candidate per line
 CHOICE_FILE = "selection.json"  # the verdict: which candidate, by which rule, and why

@@ -1,6 +1,6 @@
 """Benchmark: the same images as many tiny shards against a few large ones.
 
-    python jobs/benchmark_tiny_shards.py --images 2000 --many 2000 --few 16
+    python jobs/tools/benchmark_tiny_shards.py --images 2000 --many 2000 --few 16
 
 Writes the same synthetic 28x28 digits twice (once as `--many` shards, once as `--few`),
 refines both with `refine_dataset` on one local Ray started beforehand (its start-up is
@@ -18,13 +18,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.data import digits  # noqa: E402
-from pipeline.dataset import write_labelled_shard  # noqa: E402
+from pipeline.data.output import write_labelled_shard  # noqa: E402
 from pipeline.models import Refiner, refiner_preset  # noqa: E402
 from pipeline.refiner_file import save_refiner  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Benchmark: refine N synthetic digit images end to end, and the bare forward pass.
 
-    python jobs/benchmark_refine.py --images 20000
-    python jobs/benchmark_refine.py --images 100000
+    python jobs/tools/benchmark_refine.py --images 20000
+    python jobs/tools/benchmark_refine.py --images 100000
 
 Prints, for the same refiner, batch size and machine:
 - bare forward: images/s of the refiner alone on float tensors already in memory
@@ -17,7 +17,7 @@ Prints, for the same refiner, batch size and machine:
   between the processes, so its sum is the better estimate of real use.
 
 Images come from the digits simulator: a pool of distinct rendered digits cycled with
-unique keys, written as shards through `pipeline.dataset.write_labelled_shard`.
+unique keys, written as shards through `pipeline.data.output.write_labelled_shard`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.data import digits  # noqa: E402
-from pipeline.dataset import write_labelled_shard  # noqa: E402
+from pipeline.data.output import write_labelled_shard  # noqa: E402
 from pipeline.models import Refiner, refiner_preset  # noqa: E402
 from pipeline.refiner_file import load_refiner, save_refiner  # noqa: E402
 from pipeline.refine.stage import to_tensor  # noqa: E402

@@ -1,6 +1,6 @@
 """Is refined data more realistic than raw synthetic data? Prints two accuracies.
 
-    python jobs/measure_realism.py --refiner RUN_DIR/refiner.safetensors \
+    python jobs/tools/measure_realism.py --refiner RUN_DIR/refiner.safetensors \
         --synthetic SYNTHETIC_DIR --real REAL_DIR [--limit 2000] [--seed 0]
 
 A small classifier is trained fresh to tell real from raw synthetic images, and another
@@ -13,14 +13,14 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 
 from pipeline.models import refine_array  # noqa: E402
 from pipeline.refiner_file import load_refiner  # noqa: E402
 from pipeline.training.data import read_folder  # noqa: E402
-from pipeline.training.realism import two_sample_accuracy  # noqa: E402
+from pipeline.two_sample import two_sample_accuracy  # noqa: E402
 
 
 def main() -> None:

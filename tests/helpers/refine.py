@@ -8,10 +8,9 @@ import os
 import tarfile
 
 import numpy as np
-import pytest
 import torch
 
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 from pipeline.models import Refiner, RefinerSpec
 from pipeline.refiner_file import save_refiner
 
@@ -59,15 +58,3 @@ def raw_tar(path: str, members: list[tuple[str, bytes]]) -> str:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local 2-CPU Ray for a whole test module; refine_dataset reuses it."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()

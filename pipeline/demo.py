@@ -6,7 +6,8 @@ manifest-diff that no label drifted -> evaluate on real held-out digits -> repor
 
 Each step calls the same Python function as its command, and the report lists the
 equivalent commands. A finished step is recorded in `demo.json`, so running the demo
-again with the same settings continues where it stopped.
+again with the same settings continues where it stopped. The stages are imported when
+they run, so the CLI can read PRESETS without loading them.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from pipeline import manifest
 from pipeline.data.digits import DEFAULT_RENDERING
 from pipeline.errors import UserError
-from pipeline.evaluation import downstream, realism
-from pipeline.evaluation.evaluate import evaluate
-from pipeline.evaluation.report import summary_lines, write_report
+from pipeline.evaluation import downstream
+from pipeline.files import write_json
+from pipeline.two_sample import TWO_SAMPLE_EPOCHS
 
 STATE = "demo.json"
 FOLDERS = ("synthetic", "real", "run", "refined", "evaluation")
@@ -43,7 +43,7 @@ class DemoSettings:
     local_training: bool = False  # False: Ray Train, as `simgan train` runs by default
     seeds: int = 3
     evaluation: downstream.TrainSettings = downstream.TrainSettings()
-    two_sample_epochs: int = realism.TWO_SAMPLE_EPOCHS
+    two_sample_epochs: int = TWO_SAMPLE_EPOCHS
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -173,6 +173,9 @@ def run_demo(
         return f"no label drift ({result.rows_a} synthetic rows, {result.rows_b} refined rows)"
 
     def evaluate_step():
+        from pipeline.evaluation.evaluate import evaluate
+        from pipeline.evaluation.report import summary_lines
+
         results = evaluate("digits", d["synthetic"], d["refined"], real["test"], d["evaluation"],
                            real_train_dir=real["train"], seeds=settings.seeds, settings=settings.evaluation,
                            two_sample_epochs=settings.two_sample_epochs, command=commands["evaluate"], log=log)
@@ -204,12 +207,13 @@ def run_demo(
         if outcome:
             state["outcome_" + name] = outcome
         state["done"].append(name)
-        manifest.write_json(os.path.join(out, STATE), state)
+        write_json(os.path.join(out, STATE), state)
         log(f"{prefix} {name} finished in {state['seconds'][name]} s "
             f"(demo so far {time.perf_counter() - began:.0f} s)")
 
     log(f"[demo {len(steps) + 1}/{len(steps) + 1}] writing the report ...")
     from pipeline.evaluation.evaluate import load_results
+    from pipeline.evaluation.report import write_report
 
     facts["labels checked (manifest-diff)"] = state.get("outcome_diff", "")
     facts["step times (s)"] = json.dumps(state["seconds"])

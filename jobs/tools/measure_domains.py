@@ -1,6 +1,6 @@
 """Does refinement help, or at least never hurt, on several real domains? Prints a table.
 
-    python jobs/measure_domains.py --out DIR [--variants none thin ...] [--preset digits]
+    python jobs/tools/measure_domains.py --out DIR [--variants none thin ...] [--preset digits]
         [--set key=value ...] [--seeds 3] [--local]
 
 For each MNIST variant (`simgan import-real mnist --variant V`: the same real digits

@@ -1,7 +1,7 @@
 """Step time of the Ray Train path against the plain local loop: same model, batch,
 data and machine, one run each. Prints seconds per step and their ratio.
 
-    python jobs/benchmark_train.py --synthetic DIR --real DIR [--steps 30] [--preset digits]
+    python jobs/tools/benchmark_train.py --synthetic DIR --real DIR [--steps 30] [--preset digits]
 
 Only adversarial iterations are timed (no pre-training), from the second step to the
 last, using the per-step timestamps the runs write to metrics.jsonl; start-up (Ray,
@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from pipeline.training import train  # noqa: E402
 

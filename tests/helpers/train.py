@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from pipeline.dataset import write_labelled_shard
+from pipeline.data.output import write_labelled_shard
 from pipeline.training.config import TrainConfig, validate
 
 TINY = dict(
