@@ -113,3 +113,17 @@ def test_job_writes_run_outputs_resumes_and_exports_a_loadable_refiner(tmp_path,
 
     with pytest.raises(UserError, match="different options"):
         train(syn, real, run_dir, overrides={**overrides, "seed": 3}, local=True)
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    from safetensors.torch import save_file
+
+    for pad in range(300):  # find the padding that makes the header length end in 0x80
+        path = str(tmp_path / f"p{pad}.safetensors")
+        save_file({"w": torch.zeros(2)}, path, metadata={"pad": "x" * pad})
+        with open(path, "rb") as handle:
+            if handle.read(1) == b"\x80":
+                break
+    else:
+        raise AssertionError("no padding gave a header length ending in 0x80")
+    ckpt._refuse_pickle(path)  # no error: it is safetensors

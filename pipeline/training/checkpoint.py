@@ -85,8 +85,12 @@ def save_checkpoint(path: str, state: TrainState, config: TrainConfig, preset: s
 
 def _refuse_pickle(path: str) -> None:
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        head = handle.read(9)
+    # A safetensors file opens with its header length (8 bytes, any value: its first
+    # byte is 0x80 for 1 in 256 files) and then the JSON header's "{".
+    if head[8:9] == b"{":
+        return
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         raise CheckpointError(
             f"{path} is a pickle-based file (torch.save); loading it could run code, so it is refused. "
             "Checkpoints of this tool are safetensors files."
