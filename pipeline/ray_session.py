@@ -58,9 +58,11 @@ def process_env(verbose: bool) -> dict[str, str]:
 
 
 def _quiet_this_process(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.WARNING
+    # Ray Data may have read RAY_DATA_LOG_LEVEL before this process set it (when it was
+    # imported first), and warns once that progress bars are off: set the levels here.
+    level = logging.INFO if verbose else logging.ERROR
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-        logging.getLogger(name).setLevel(level if name != "ray" or verbose else logging.ERROR)
+        logging.getLogger(name).setLevel(level)
     if not verbose:
         # Advice to Ray users about faster filters; nothing the user of this tool can act on.
         warnings.filterwarnings("ignore", message=r"Use 'expr' instead of 'fn'", category=UserWarning)
