@@ -49,12 +49,10 @@ def session_processes(session_dir: str) -> list[int]:
     return found
 
 
-def main(driver: int, session_dir: str) -> None:
-    sys.stdin.buffer.read()  # returns at EOF: the driver closed it or died
-    if _alive(driver) or not session_dir:
-        return
-    # Several rounds: a raylet being killed may still start a worker.
-    for _ in range(10):
+def kill_session_processes(session_dir: str, rounds: int = 10, pause: float = 0.3) -> None:
+    """SIGKILL every process of `session_processes`, in several rounds: a raylet being
+    killed may still start a worker."""
+    for _ in range(rounds):
         pids = session_processes(session_dir)
         if not pids:
             return
@@ -63,7 +61,14 @@ def main(driver: int, session_dir: str) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        time.sleep(0.3)
+        time.sleep(pause)
+
+
+def main(driver: int, session_dir: str) -> None:
+    sys.stdin.buffer.read()  # returns at EOF: the driver closed it or died
+    if _alive(driver) or not session_dir:
+        return
+    kill_session_processes(session_dir)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipeline import manifest, shards
+from pipeline.ray_watchdog import kill_session_processes
 from pipeline.refine.diff import diff_manifests
 from helpers.refine import make_refiner, write_dataset
 
@@ -28,24 +29,6 @@ def _free_ports(count):
     for s in sockets:
         s.close()
     return ports
-
-
-def _processes_using(path):
-    """PIDs of this user's processes whose command line or open files mention `path`."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != os.getuid() or int(pid) == os.getpid():
-                continue
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                text = handle.read().decode(errors="replace")
-            fds = f"/proc/{pid}/fd"
-            text += " ".join(os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds))
-        except OSError:
-            continue
-        if path in text:
-            found.append(int(pid))
-    return found
 
 
 def _stop_cluster(head, temp_dir):
@@ -64,16 +47,7 @@ def _stop_cluster(head, temp_dir):
             break
         except subprocess.TimeoutExpired:
             continue
-    for _ in range(10):
-        pids = _processes_using(temp_dir)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
+    kill_session_processes(temp_dir, pause=0.5)
 
 
 @pytest.fixture
