@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -105,25 +106,55 @@ def ray_session(address: str | None = None, verbose: bool | None = None, num_cpu
         # A cluster's workers do not inherit this process's environment.
         runtime_env={"env_vars": env},
     )
-    watchdog = None
+    watchdog, own = None, {}
     if address:
         _log(verbose, f"ray: joining the cluster at {address}")
         ray.init(address=address, **common)
     else:
         # "local": always a fresh embedded Ray, never a cluster another process left
         # running. Loopback: nothing off this machine needs to reach it.
-        with _loopback_only():
-            ray.init(address="local", include_dashboard=False, num_cpus=num_cpus, **common)
+        own = _own_address()
+        with _loopback_only(), _environment(own):
+            ray.init(address="local", include_dashboard=False, num_cpus=num_cpus,
+                     **{**common, "runtime_env": {"env_vars": {**env, **own}}})
         watchdog = _start_watchdog()
         _log(verbose, f"ray: started a local Ray on {LOCALHOST} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
     _data_context(verbose)
     try:
-        yield True
+        with _environment(own):
+            yield True
     finally:
         ray.shutdown()
         if watchdog is not None:
             watchdog.stdin.close()  # a clean end: the watchdog leaves without killing anything
             watchdog.wait()
+
+
+def _own_address() -> dict[str, str]:
+    """The embedded Ray's GCS address, fixed before it starts. Ray's own helpers (Ray
+    Train's placement-group cleaner asks the State API) look for "the" Ray of the
+    machine; with another Ray running beside this one they find two and fail with a
+    traceback. RAY_ADDRESS in this job's processes names this one."""
+    with socket.socket() as probe:
+        probe.bind((LOCALHOST, 0))
+        port = probe.getsockname()[1]
+    return {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{LOCALHOST}:{port}"}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """`values` in os.environ inside the block (Ray's processes started there inherit
+    them), the previous values after it, so a later job in this process starts afresh."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
