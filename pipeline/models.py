@@ -32,13 +32,19 @@ class RefinerSpec:
     # Largest displacement, in pixels, of the learned smooth deformation applied before
     # the appearance refiner; 0 = no deformation.
     deform_pixels: float = 0.0
+    # A fixed per-channel tone curve (ToneMap) applied to the input first, fitted by
+    # training to the real images' intensity distribution.
+    tone_map: bool = False
+    # An extra input channel of noise (image_noise), so the refiner can add the grain
+    # of a real sensor, which no function of a clean rendering can produce.
+    noise: bool = False
 
     def to_dict(self) -> dict:
         # Fields added after the first release are written only when they differ from
         # their defaults, so the description (and so the content hash) of a refiner
         # file made before they existed stays the same.
         data = asdict(self)
-        for name, default in (("output", "logit"), ("deform_pixels", 0.0)):
+        for name, default in (("output", "logit"), ("deform_pixels", 0.0), ("tone_map", False), ("noise", False)):
             if data[name] == default:
                 del data[name]
         return data
@@ -64,6 +70,64 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+_MASK = 0x7FFFFFFF
+
+
+def _mix(values: torch.Tensor) -> torch.Tensor:
+    """An integer hash of int64 values in [0, 2**31), into [0, 2**31). Every product stays
+    below 2**63, so CPU and CUDA compute the same numbers."""
+    for _ in range(3):
+        values = (((values >> 15) ^ values) * 0x2C1B3C6D) & _MASK
+    return values
+
+
+def image_noise(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) standard normal noise that depends only on each image's 8-bit levels.
+
+    Not drawn from a generator: refining the same image again, on any device, in any
+    batch, must give the same bytes (resume and byte-identical outputs rely on it).
+    """
+    n, _, h, w = x.shape
+    levels = (x.detach().float().clamp(0, 1) * 255).round().to(torch.int64).flatten(1)
+    position = torch.arange(levels.shape[1], device=x.device, dtype=torch.int64)
+    # +1 and the odd constants below: _mix(0) is 0, which would leave a pixel unweighted.
+    seed = ((levels * _mix(position + 1)) & _MASK).sum(1) & _MASK  # one number per image
+    pixel = torch.arange(h * w, device=x.device, dtype=torch.int64)
+    first = _mix((_mix(seed + 0x3C6EF372)[:, None] + pixel[None, :]) & _MASK)
+    second = _mix((first + 0x5BD1E995) & _MASK)
+    u1 = (first.float() + 0.5) / 2**31
+    u2 = (second.float() + 0.5) / 2**31
+    return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)).view(n, 1, h, w).to(x.dtype)
+
+
+class ToneMap(nn.Module):
+    """A fixed, monotone per-channel tone curve: `levels` values at evenly spaced input
+    intensities, linearly interpolated between them. It starts as the identity.
+
+    Global changes of tone (grey paper, faded ink, dark-on-light polarity) are the ones
+    an L1 self-regularisation forbids most, since they touch every pixel; they say
+    nothing about what an image shows. Training fits this curve to the real images
+    before the refiner learns (pipeline.training.tone) and the self-regularisation
+    then compares the refined image with the tone-mapped input, so the refiner is left
+    the local changes. The curve is a buffer, saved with the weights.
+    """
+
+    LEVELS = 256
+
+    def __init__(self, channels: int, levels: int = LEVELS):
+        super().__init__()
+        self.register_buffer("table", torch.linspace(0, 1, levels).repeat(channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels, levels = self.table.shape
+        position = x.clamp(0, 1) * (levels - 1)
+        low = position.floor().clamp(max=levels - 2)
+        fraction = position - low
+        index = low.long() + (torch.arange(channels, device=x.device) * levels).view(1, channels, 1, 1)
+        flat = self.table.to(x.dtype).flatten()
+        return (flat[index] * (1 - fraction) + flat[index + 1] * fraction).clamp(0, 1)
 
 
 class Deformation(nn.Module):
@@ -118,7 +182,8 @@ class Refiner(nn.Module):
       on how saturated the pixel is.
     Both keep the output in [0, 1] like the input (no tanh/[0, 1] mismatch in the L1
     term) and are the identity at delta = 0. With spec.deform_pixels > 0 a smooth
-    deformation (Deformation) is applied first.
+    deformation (Deformation) is applied first; with spec.tone_map a fixed tone curve
+    (ToneMap) before that.
     """
 
     EPS = 1e-3
@@ -129,8 +194,10 @@ class Refiner(nn.Module):
             raise ValueError(f"unknown refiner output form {spec.output!r}; choose from {OUTPUT_FORMS}")
         self.spec = spec
         k = spec.kernel
+        self.tone = ToneMap(spec.channels) if spec.tone_map else None
         self.deformation = Deformation(spec.channels, spec.deform_pixels) if spec.deform_pixels > 0 else None
-        self.conv_in = nn.Conv2d(spec.channels, spec.features, k, padding=k // 2, padding_mode="replicate")
+        inputs = spec.channels + (1 if spec.noise else 0)
+        self.conv_in = nn.Conv2d(inputs, spec.features, k, padding=k // 2, padding_mode="replicate")
         self.blocks = nn.Sequential(*[ResnetBlock(spec.features, k) for _ in range(spec.blocks)])
         self.conv_out = nn.Conv2d(spec.features, spec.channels, 1)
         # Start close to the identity; self-regularisation pre-training finishes the job.
@@ -138,14 +205,18 @@ class Refiner(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def appearance(self, x: torch.Tensor) -> torch.Tensor:
-        delta = self.conv_out(self.blocks(F.relu(self.conv_in(x))))
+        features = torch.cat([x, image_noise(x)], dim=1) if self.spec.noise else x
+        delta = self.conv_out(self.blocks(F.relu(self.conv_in(features))))
         if self.spec.output == "residual":
             t = torch.tanh(delta)
             return torch.where(t > 0, x + t * (1 - x), x * (1 + t))
         return torch.sigmoid(torch.logit(x.clamp(self.EPS, 1 - self.EPS)) + delta)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(refined, deformed input, displacement field or None): what training's losses need."""
+        """(refined, input as the appearance refiner gets it (tone-mapped, deformed),
+        displacement field or None): what training's losses need."""
+        if self.tone is not None:
+            x = self.tone(x)
         if self.deformation is None:
             return self.appearance(x), x, None
         field = self.deformation.field(x)
@@ -343,11 +414,12 @@ class Discriminator(nn.Module):
         return (logits, features) if return_features else logits
 
 
-def refiner_preset(name: str, channels: int = 1, output: str = "logit", deform_pixels: float = 0.0) -> RefinerSpec:
+def refiner_preset(name: str, channels: int = 1, output: str = "logit", deform_pixels: float = 0.0,
+                   tone_map: bool = False, noise: bool = False) -> RefinerSpec:
     if name not in REFINER_PRESETS:
         raise ValueError(f"unknown refiner preset {name!r}; choose from {sorted(REFINER_PRESETS)}")
     return RefinerSpec(**{**REFINER_PRESETS[name].to_dict(), "channels": channels, "output": output,
-                          "deform_pixels": deform_pixels})
+                          "deform_pixels": deform_pixels, "tone_map": tone_map, "noise": noise})
 
 
 def discriminator_preset(

@@ -1,13 +1,15 @@
 """The options beyond the paper: the residual output form, the learned deformation, the
-label-consistency loss and spectral normalisation in D. Each test fails if its option
-does nothing."""
+label-consistency loss, spectral normalisation in D, the fitted tone curve and the noise
+channel. Each test fails if its option does nothing."""
 
 import pytest
 import torch
 
 from pipeline.errors import UserError
-from pipeline.models import Deformation, Discriminator, Refiner, RefinerSpec, discriminator_preset
+from pipeline.models import Deformation, Discriminator, Refiner, RefinerSpec, ToneMap, discriminator_preset, image_noise
+from pipeline.refiner_file import load_refiner, save_refiner
 from pipeline.training import losses, task
+from pipeline.training.tone import fit_tone_table
 from pipeline.training.step import build_state, train_step
 from helpers.train import pools, tiny_config
 
@@ -118,6 +120,81 @@ def test_spectral_norm_bounds_each_hidden_convolution_of_d():
         sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
         assert sigma < 1.1
     assert not any(torch.nn.utils.parametrize.is_parametrized(m.conv, "weight") for m in plain.layers if hasattr(m, "conv"))
+
+
+def _strokes(n=200, width=2, seed=0):
+    """Binary vertical strokes at random columns: a stand-in for rendered glyphs."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, 16, 16)
+    for image, column in zip(images, torch.randint(3, 11, (n,), generator=g)):
+        image[0, 3:13, column : column + width] = 1.0
+    return images
+
+
+def test_the_tone_curve_is_fitted_to_the_real_extremes_and_picks_the_polarity():
+    synthetic = _strokes()
+    assert torch.equal(ToneMap(1)(synthetic), synthetic)  # the identity until fitted
+    faded = 0.35 + 0.3 * _strokes(seed=1)  # grey paper, grey ink
+    table, direction = fit_tone_table(synthetic, faded)
+    assert direction == "rising"
+    assert abs(table[0, 0] - 0.35) < 0.02 and abs(table[0, -1] - 0.65) < 0.02
+    table, direction = fit_tone_table(synthetic, 1 - _strokes(seed=1))  # dark ink on light paper
+    assert direction == "falling" and table[0, 0] > 0.95 and table[0, -1] < 0.05
+    # Thicker real strokes (twice the ink) must not turn the background grey, as a
+    # histogram match would.
+    table, direction = fit_tone_table(synthetic, _strokes(width=4, seed=1))
+    assert direction == "rising" and table[0, 0] < 0.02 and table[0, -1] > 0.98
+
+
+def test_with_a_tone_curve_the_refiner_is_regularised_towards_the_tone_mapped_input():
+    synthetic = _strokes(64)
+    faded = 0.35 + 0.3 * _strokes(64, seed=1)
+    config = tiny_config(pretrain_refiner_steps=30, pretrain_discriminator_steps=0, iterations=0, tone_map=True,
+                         lr_refiner=2e-3)
+    table, _ = fit_tone_table(synthetic, faded)
+    state = build_state(config, (1, 16, 16), faded, tone_table=table)
+    for _ in range(config.total_steps):
+        train_step(state, config, synthetic, faded)
+    with torch.no_grad():
+        refined = state.refiner(synthetic)
+    # Pre-training (self-regularisation only) converges on the tone-mapped image: grey
+    # paper and grey ink, with no adversarial step taken.
+    assert abs(refined[synthetic == 0].mean() - 0.35) < 0.05
+    assert abs(refined[synthetic == 1].mean() - 0.65) < 0.05
+
+
+def test_image_noise_depends_only_on_the_image_and_feeds_the_refiner():
+    images = torch.rand(6, 1, 10, 10)
+    noise = image_noise(images)
+    assert torch.equal(noise[2:4], image_noise(images[2:4]))  # not on the batch it is in
+    assert abs(noise.mean()) < 0.15 and abs(noise.std() - 1) < 0.15
+    assert (noise[0] - noise[1]).abs().mean() > 0.5  # another image, other noise
+    changed = images.clone()
+    changed[0, 0, 9, 9] = (changed[0, 0, 9, 9] + 0.5) % 1
+    assert (image_noise(changed)[0] - noise[0]).abs().mean() > 0.5
+    refiner = Refiner(RefinerSpec(**SMALL, noise=True))
+    flat = torch.full((2, 1, 10, 10), 0.5)
+    flat[1, 0, 0, 0] = 0.6  # the same picture but one pixel: other noise
+    with torch.no_grad():
+        refiner.conv_out.weight.normal_(std=1.0)
+        out = refiner(flat)
+    # A plain refiner maps a flat image to a flat image; with noise it has grain.
+    assert out[0, 0, 4:8, 4:8].std() > 0.01
+    assert (out[0, 0, 4:8, 4:8] - out[1, 0, 4:8, 4:8]).abs().mean() > 0.01
+
+
+def test_the_tone_curve_and_noise_travel_in_the_refiner_file(tmp_path):
+    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True))
+    with torch.no_grad():
+        refiner.tone.table.copy_(0.2 + 0.5 * torch.linspace(0, 1, ToneMap.LEVELS)[None])
+    path = str(tmp_path / "refiner.safetensors")
+    save_refiner(path, refiner, "digits", 16, 16)
+    loaded, info = load_refiner(path)
+    assert info.spec.tone_map and info.spec.noise
+    x = _strokes(4)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), refiner.eval()(x))
+        assert loaded.tone(x).min() >= 0.19
 
 
 @pytest.mark.parametrize("bad, message", [

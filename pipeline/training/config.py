@@ -76,6 +76,12 @@ class TrainConfig:
     # roughness penalty.
     deform_pixels: float = 0.0
     deform_weight: float = 0.02
+    # A tone curve fitted to the real images (pipeline.training.tone) before the refiner:
+    # global changes of tone (grey paper, faded ink, polarity) without an L1 cost.
+    tone_map: bool = False
+    # A noise channel into the refiner (pipeline.models.image_noise) for real images with
+    # sensor grain.
+    refiner_noise: bool = False
     # Spectral normalisation of D's hidden convolutions.
     spectral_norm: bool = False
     # Outputs.
@@ -111,6 +117,7 @@ PRESETS: dict[str, dict] = {
         # On a thin-stroke domain the good refiners lasted about 50 steps before D
         # won and the refiner collapsed: score often enough to catch them.
         "select_every": 25,
+        "tone_map": True,
     },
     # CPU demo on 35x55 eyes.
     "eyes": {"model": "eyes", "label": "gaze"},

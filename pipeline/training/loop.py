@@ -15,6 +15,7 @@ from pipeline.training.outputs import RunOutputs, write_grid
 from pipeline.training.selection import Prepared, Selector, prepare
 from pipeline.training.step import TrainState, build_state, images_left, images_per_step, train_step, unwrap
 from pipeline.training.task import Labels
+from pipeline.training.tone import fit_tone_table
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -68,7 +69,8 @@ def start(config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor, labe
           device, wrap=lambda model: model) -> tuple[TrainState, Prepared]:
     """The held-out split, the task network and a fresh state: the same on every worker."""
     prepared = prepare(config, synthetic.to(device), real.to(device), labels)
-    state = build_state(config, tuple(synthetic.shape[1:]), prepared.real, device, wrap)
+    tone_table = fit_tone_table(prepared.synthetic, prepared.real)[0] if config.tone_map else None
+    state = build_state(config, tuple(synthetic.shape[1:]), prepared.real, device, wrap, tone_table)
     if config.label_consistency_weight > 0:
         state.task_network = prepared.held_out.network
     return state, prepared
