@@ -13,7 +13,7 @@ import json
 import os
 import stat
 from collections import Counter
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
 import pyarrow as pa
@@ -23,22 +23,23 @@ import pyarrow.parquet as pq
 from pipeline.files import replacing, write_json
 from pipeline.version import __version__
 
+if TYPE_CHECKING:
+    from pipeline.reading import Geometry
+
 OK = "ok"
 LABEL_PREFIX = "label."
 DATASET_MANIFEST = "manifest.parquet"
 SUMMARY = "summary.json"
 STATS_SUFFIX = "_stats.json"
 
+GEOMETRY_COLUMNS = ("height", "width", "channels", "bit_depth")
 # Fixed columns, in order; label columns follow, sorted.
 COLUMNS = [
     "key",
     "shard",
     "status",
     "error",
-    "height",
-    "width",
-    "channels",
-    "bit_depth",
+    *GEOMETRY_COLUMNS,
     "input_sha256",
     "output_sha256",
     "refiner_hash",
@@ -50,10 +51,7 @@ _TYPES = {
     "shard": pa.string(),
     "status": pa.string(),
     "error": pa.string(),
-    "height": pa.int32(),
-    "width": pa.int32(),
-    "channels": pa.int32(),
-    "bit_depth": pa.int32(),
+    **{name: pa.int32() for name in GEOMETRY_COLUMNS},
     "input_sha256": pa.string(),
     "output_sha256": pa.string(),
     "refiner_hash": pa.string(),
@@ -86,31 +84,35 @@ def file_record(path: str, mtime: bool = False) -> dict | None:
     return record
 
 
+def geometry_columns(geometry: Geometry | None, missing=None) -> dict:
+    """The geometry columns of a row (`missing` in each when there is no geometry); they
+    are named as `reading.Geometry`'s fields."""
+    return {name: missing if geometry is None else getattr(geometry, name) for name in GEOMETRY_COLUMNS}
+
+
 def make_row(
     key: str | None,
     shard: str,
     status: str = OK,
     error: str = "",
-    geometry: tuple[int, int, int, int] | None = None,
+    geometry: Geometry | None = None,
     labels: dict | None = None,
     labels_json: str | None = None,
-    input_bytes: bytes | None = None,
-    output_bytes: bytes | None = None,
+    input_sha256: str | None = None,
+    output_sha256: str | None = None,
     refiner_hash: str | None = None,
 ) -> dict:
-    """A manifest row. `labels_json` is the label member as stored, when it was readable."""
-    height, width, channels, bits = geometry if geometry else (None, None, None, None)
+    """A manifest row: the one place its layout is written. `labels_json` is the label
+    member as stored, when it was readable; hashes are taken where the bytes are
+    (`sha256`), which in refine-dataset is not where the row is made."""
     row = {
         "key": key,
         "shard": shard,
         "status": status,
         "error": error,
-        "height": height,
-        "width": width,
-        "channels": channels,
-        "bit_depth": bits,
-        "input_sha256": sha256(input_bytes),
-        "output_sha256": sha256(output_bytes),
+        **geometry_columns(geometry),
+        "input_sha256": input_sha256,
+        "output_sha256": output_sha256,
         "refiner_hash": refiner_hash,
         "package_version": __version__,
         "labels_json": labels_json,

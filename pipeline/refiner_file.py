@@ -19,6 +19,7 @@ from safetensors.torch import safe_open, save_file
 from pipeline.errors import UserError
 from pipeline.files import replacing
 from pipeline.models import OUTPUT_FORMS, Refiner, RefinerSpec
+from pipeline.reading import Geometry
 from pipeline.tensor_file import header_problem, parse_metadata_json
 from pipeline.version import __version__
 
@@ -56,6 +57,11 @@ class RefinerInfo:
     @property
     def channels(self) -> int:
         return self.spec.channels
+
+    @property
+    def geometry(self) -> Geometry:
+        """The images the refiner was trained on, which it refines."""
+        return Geometry(self.height, self.width, self.channels, self.bit_depth)
 
 
 def _content_hash(tensors: dict[str, torch.Tensor], description: dict) -> str:
@@ -241,21 +247,19 @@ def load_refiner(path: str, device: str | torch.device = "cpu") -> tuple[Refiner
     return refiner.to(device).eval(), info
 
 
-def check_fits(info: RefinerInfo, height: int, width: int, channels: int, bit_depth: int) -> None:
+def check_fits(info: RefinerInfo, found: Geometry) -> None:
     """Refuse data the refiner was not trained for.
 
     The network itself accepts any size, but a refiner trained on one image size and
     bit depth has learned that domain; channels must match exactly.
     """
-    if channels != info.channels:
-        raise RefinerFileError(
-            f"the refiner takes {info.channels}-channel images, the data has {channels} channels"
-        )
-    if (height, width) != (info.height, info.width):
-        raise RefinerFileError(
-            f"the refiner was trained on {info.height}x{info.width} images, the data is {height}x{width}"
-        )
-    if bit_depth != info.bit_depth:
-        raise RefinerFileError(
-            f"the refiner was trained on {info.bit_depth}-bit images, the data is {bit_depth}-bit"
-        )
+    expected = info.geometry
+    if found.channels != expected.channels:
+        why = "channels must match exactly"
+    elif (found.height, found.width) != (expected.height, expected.width):
+        why = "it has learned images of one size"
+    elif found.bit_depth != expected.bit_depth:
+        why = "it has learned images of one bit depth"
+    else:
+        return
+    raise RefinerFileError(f"the refiner was trained on {expected} images, the data is {found}: {why}")

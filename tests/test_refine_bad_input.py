@@ -156,7 +156,7 @@ def test_wrong_image_shape(run):
 
 def test_wrong_channels(run):
     row = _check(run, "wrong_channels.tar", shards.WRONG_SHAPE, "chan_bad", {"chan_a", "chan_b"})
-    assert row["channels"] == 3 and "3 channel" in row["error"]
+    assert row["channels"] == 3 and "8x8x3 8-bit" in row["error"]
 
 
 def test_key_with_a_dot(run):

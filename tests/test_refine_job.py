@@ -138,7 +138,7 @@ def test_resume_refuses_output_of_another_refiner(data, first_run):
     [
         (lambda root: str(root / "missing.safetensors"), "not found"),
         (lambda root: _write(root / "junk.safetensors", b"not a refiner at all"), "is not a refiner"),
-        (lambda root: make_refiner(str(root / "rgb.safetensors"), channels=3), "3-channel"),
+        (lambda root: make_refiner(str(root / "rgb.safetensors"), channels=3), "8x8x3 8-bit"),
         (lambda root: make_refiner(str(root / "big.safetensors"), size=16), "16x16"),
         (lambda root: make_refiner(str(root / "deep.safetensors"), bit_depth=16), "16-bit"),
     ],

@@ -11,6 +11,7 @@ from pipeline import shards
 from pipeline.cli import main
 from pipeline.data.output import write_labelled_shard
 from pipeline.data.validate import scan_folder, validate_folder
+from pipeline.reading import Geometry
 
 
 def _png(shape=(6, 8), dtype=np.uint8):
@@ -40,7 +41,7 @@ def clean(tmp_path):
 def test_clean_folder_has_no_problems_and_exits_0(clean):
     report = scan_folder(str(clean))
     assert report.ok and report.shards == 2 and report.samples == 4 and report.good == 4
-    assert report.geometry == (6, 8, 1, 8)
+    assert report.geometry == Geometry(6, 8, 1, 8)
     result = CliRunner().invoke(main, ["validate-shards", str(clean)])
     assert result.exit_code == 0, result.output
     assert "no problems found" in result.output and "4 samples" in result.output

@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline import manifest, shards
 from pipeline.errors import UserError
+from pipeline.reading import Geometry
 
 
 @dataclass
@@ -52,10 +53,10 @@ def write_labelled_shard(
             manifest.make_row(
                 key,
                 shard_name,
-                geometry=shards.image_geometry(image),
+                geometry=Geometry.of(image),
                 labels=labels,
                 labels_json=label_bytes.decode("utf-8"),
-                input_bytes=png,
+                input_sha256=manifest.sha256(png),
             )
         )
     rows.extend(failures)

@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
-from pipeline import manifest, shards
-from pipeline.shards import Problem
+from pipeline import manifest, reading, shards
+from pipeline.reading import Geometry
+from pipeline.shards import Problem, RawSample
+
+# What a sample of another geometry is compared with.
+MOST_OF_THE_DATASET = "most of the dataset"
 
 
 @dataclass
@@ -24,17 +28,12 @@ class FolderReport:
     shards: int = 0
     samples: int = 0  # samples seen (good or not), not counting tar-level problems
     good: int = 0  # samples with no problem at all
-    geometry: tuple[int, int, int, int] | None = None  # the dataset's (H, W, C, bits)
+    geometry: Geometry | None = None  # the dataset's most common
     problems: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def describe_geometry(geometry: tuple[int, int, int, int]) -> str:
-    height, width, channels, bits = geometry
-    return f"{height}x{width} (HxW), {channels} channel{'s' if channels > 1 else ''}, {bits}-bit"
 
 
 def check_shard_names(paths: list[str], folder: str) -> None:
@@ -66,6 +65,24 @@ def check_dataset(folder: str, role: str = "", limits: shards.Limits = shards.DE
     return paths
 
 
+def _counted(items: Iterable[RawSample | Problem], report: FolderReport, shard: str, first_shard: dict[str, str],
+             repeated: set[str]) -> Iterator[RawSample | Problem]:
+    """Pass items on, counting samples and reporting a key already used in an earlier
+    shard (in `repeated` too: such a sample is read but not counted good)."""
+    for item in items:
+        if item.key is not None:
+            report.samples += 1
+        if isinstance(item, RawSample):
+            if item.key in first_shard:
+                report.problems.append(
+                    Problem(shard, item.key, shards.DUPLICATE_KEY, f"key also used in shard {first_shard[item.key]}")
+                )
+                repeated.add(item.key)
+            else:
+                first_shard[item.key] = shard
+        yield item
+
+
 def scan_folder(
     folder: str, progress: Callable[[str], None] | None = None, limits: shards.Limits = shards.DEFAULT_LIMITS
 ) -> FolderReport:
@@ -77,46 +94,25 @@ def scan_folder(
     first_shard: dict[str, str] = {}  # key -> shard it first appeared in
     # Decoded samples: (shard, key, geometry, is a cross-shard duplicate); the geometry
     # is checked against the dataset's most common one at the end.
-    geometries: list[tuple[str, str, tuple[int, int, int, int], bool]] = []
+    geometries: list[tuple[str, str, Geometry, bool]] = []
 
     for number, path in enumerate(paths, 1):
         shard = os.path.basename(path)
-        for item in shards.iter_shard(path, limits):
+        repeated: set[str] = set()
+        items = _counted(reading.stored([path], limits), report, shard, first_shard, repeated)
+        for item in reading.decode(items, limits):
             if isinstance(item, Problem):
                 report.problems.append(item)
-                if item.key is not None:
-                    report.samples += 1
-                continue
-            report.samples += 1
-            duplicate = item.key in first_shard
-            if duplicate:
-                report.problems.append(
-                    Problem(shard, item.key, shards.DUPLICATE_KEY, f"key also used in shard {first_shard[item.key]}")
-                )
             else:
-                first_shard[item.key] = shard
-            try:
-                sample = shards.decode_sample(item, limits)
-            except shards.SampleError as exc:
-                report.problems.append(Problem(shard, item.key, exc.kind, exc.message))
-                continue
-            geometries.append((shard, item.key, shards.image_geometry(sample.image), duplicate))
+                geometries.append((shard, item.key, Geometry.of(item.image), item.key in repeated))
         if progress is not None:
             progress(f"validate: {number}/{len(paths)} shards read, {report.samples} samples")
 
     if geometries:
         report.geometry = Counter(g for _, _, g, _ in geometries).most_common(1)[0][0]
-        expected = describe_geometry(report.geometry)
         for shard, key, geometry, duplicate in geometries:
             if geometry != report.geometry:
-                report.problems.append(
-                    Problem(
-                        shard,
-                        key,
-                        shards.WRONG_SHAPE,
-                        f"image is {describe_geometry(geometry)}; most of the dataset is {expected}",
-                    )
-                )
+                report.problems.append(reading.geometry_problem(shard, key, geometry, report.geometry, MOST_OF_THE_DATASET))
             elif not duplicate:
                 report.good += 1
     return report
@@ -141,7 +137,7 @@ def format_report(report: FolderReport) -> str:
     counts = Counter(problem.kind for problem in report.problems)
     lines.append(
         f"{report.folder}: {report.shards} shards, {report.samples} samples, {report.good} good"
-        + (f", images {describe_geometry(report.geometry)}" if report.geometry else "")
+        + (f", images {report.geometry}" if report.geometry else "")
     )
     if report.problems:
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))

@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream, images, metrics, realism
 from pipeline.files import write_json
+from pipeline.reading import ImageSet
 from pipeline.two_sample import TWO_SAMPLE_EPOCHS, two_sample_accuracy
 from pipeline.version import __version__
 
@@ -47,11 +48,11 @@ def versions() -> dict:
     }
 
 
-def targets(task: str, data: images.ImageSet) -> np.ndarray:
+def targets(task: str, data: ImageSet) -> np.ndarray:
     return images.class_labels(data) if task == "digits" else images.gaze_labels(data)
 
 
-def score(task: str, model, test: images.ImageSet, truth: np.ndarray) -> dict[str, float]:
+def score(task: str, model, test: ImageSet, truth: np.ndarray) -> dict[str, float]:
     """digits: accuracy; gaze: mean angle error and the share within d degrees, d = 5..25."""
     outputs = downstream.predict(model, test.images)
     if task == "digits":

@@ -23,7 +23,7 @@ from pipeline.data.validate import check_dataset
 from pipeline.errors import UserError
 from pipeline.ray_session import ray_session
 from pipeline.refine.progress import Progress, summary_text
-from pipeline.refine.read import file_size, geometry_text, group_shards, probe_geometry, read_shards
+from pipeline.refine.read import file_size, group_shards, probe_geometry, read_shards
 from pipeline.refine.stage import RefineStage
 from pipeline.refine.write import ShardWriter, encode_batch
 from pipeline.refiner_file import check_fits, load_refiner
@@ -170,10 +170,10 @@ def refine_dataset(
     paths = check_dataset(in_dir, "--in", limits)
     if os.path.realpath(in_dir) == os.path.realpath(out_dir):
         raise UserError("--out must be a different folder from --in (inputs are never overwritten)")
-    expected = (info.height, info.width, info.channels, info.bit_depth)
+    expected = info.geometry
     found = probe_geometry(paths, limits=limits)
     if found is not None:
-        check_fits(info, *found)
+        check_fits(info, found)
 
     names = [os.path.basename(p) for p in paths]
     os.makedirs(out_dir, exist_ok=True)
@@ -206,7 +206,7 @@ def refine_dataset(
         extra_summary={
             "out_dir": out_dir,
             "refiner_hash": info.content_hash,
-            "image_geometry": geometry_text(expected),
+            "image_geometry": str(expected),
             "shards_refined": progress.shards,
             "shards_skipped": len(committed),
             "shards_redone": dict(sorted(redone.items())),

@@ -10,84 +10,72 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from pipeline import manifest, shards
+from pipeline import manifest, reading, shards
+from pipeline.reading import Geometry
 
-# Geometry of a row whose image could not be decoded.
+# Geometry columns of a row whose image could not be decoded.
 UNKNOWN = -1
+# What the per-sample geometry check names as the source of the expected geometry.
+REFINER_INPUT = "the refiner's input"
 
 
-def image_shape(height: int, width: int, channels: int) -> tuple[int, ...]:
-    return (height, width) if channels == 1 else (height, width, channels)
+def _remember(items: Iterable, by_key: dict) -> Iterator:
+    """Pass items on, keeping each sample by key until its row is made: a Problem the
+    next stage makes of it keeps only the reason, and the row also records the sample's
+    geometry, label bytes and input hash."""
+    for item in items:
+        if not isinstance(item, shards.Problem):
+            by_key[item.key] = item
+        yield item
 
 
-def image_dtype(bit_depth: int) -> np.dtype:
-    return np.dtype(np.uint16) if bit_depth == 16 else np.dtype(np.uint8)
-
-
-def geometry_text(geometry: tuple[int, int, int, int]) -> str:
-    height, width, channels, bits = geometry
-    return f"{height}x{width}, {channels} channel(s), {bits}-bit"
-
-
-def read_shard(
-    path: str, geometry: tuple[int, int, int, int], limits: shards.Limits = shards.DEFAULT_LIMITS
-) -> dict[str, np.ndarray]:
+def read_shard(path: str, geometry: Geometry, limits: shards.Limits = shards.DEFAULT_LIMITS) -> dict[str, np.ndarray]:
     """All rows of the shard at `path`, as numpy columns; `geometry` is what the refiner takes."""
     shard = os.path.basename(path)
     source = manifest.file_record(path, mtime=True)
-    shape, dtype = image_shape(*geometry[:3]), image_dtype(geometry[3])
     rows: list[dict] = []
     images: list[np.ndarray] = []
-    blank = np.zeros(shape, dtype)
+    blank = geometry.blank()
 
     def add(key, status=manifest.OK, error="", found=None, label_bytes=b"", input_bytes=None, image=blank):
-        height, width, channels, bits = found or (UNKNOWN,) * 4
         rows.append(
             {
                 "key": key or "",
                 "status": status,
                 "error": error,
-                "height": height,
-                "width": width,
-                "channels": channels,
-                "bit_depth": bits,
+                **manifest.geometry_columns(found, missing=UNKNOWN),
                 "label_bytes": label_bytes or b"",
                 "input_sha256": manifest.sha256(input_bytes) or "",
             }
         )
         images.append(image)
 
-    for item in shards.iter_shard(path, limits):
-        if isinstance(item, shards.Problem):
-            add(item.key, item.kind, item.message)
-            continue
-        try:
-            sample = shards.decode_sample(item, limits)
-        except shards.SampleError as exc:
+    # Items are pulled one at a time through every stage, so each table holds at most
+    # the sample whose item is being turned into a row.
+    raw_by_key: dict[str, shards.RawSample] = {}
+    decoded_by_key: dict[str, shards.Sample] = {}
+    items = reading.stored([path], limits)
+    items = reading.decode(_remember(items, raw_by_key), limits)
+    items = reading.check_geometry(_remember(items, decoded_by_key), geometry, REFINER_INPUT)
+    for item in items:
+        raw, decoded = raw_by_key.pop(item.key, None), decoded_by_key.pop(item.key, None)
+        found = Geometry.of(decoded.image) if decoded is not None else None
+        if isinstance(item, shards.Sample):
+            add(item.key, found=found, label_bytes=raw.label_bytes, input_bytes=raw.image_bytes, image=item.image)
+        elif raw is None:
+            add(item.key, item.kind, item.message)  # found in the tar: there is no sample to describe
+        else:
             # Labels over the limit are not carried on (to the driver, with the row):
             # they could never be stored, and they can be as large as a member.
-            labels = item.label_bytes if len(item.label_bytes) <= limits.label_bytes else b""
-            add(item.key, exc.kind, exc.message, label_bytes=labels, input_bytes=item.image_bytes)
-            continue
-        found = shards.image_geometry(sample.image)
-        if found != tuple(geometry):
-            add(
-                item.key,
-                shards.WRONG_SHAPE,
-                f"image is {geometry_text(found)}; the refiner takes {geometry_text(geometry)}",
-                found,
-                item.label_bytes,
-                item.image_bytes,
-            )
-            continue
-        add(item.key, found=found, label_bytes=item.label_bytes, input_bytes=item.image_bytes, image=sample.image)
+            labels = raw.label_bytes if len(raw.label_bytes) <= limits.label_bytes else b""
+            add(item.key, item.kind, item.message, found, labels, raw.image_bytes)
 
     columns = {name: np.array([row[name] for row in rows], dtype=object) for name in rows[0]}
-    for name in ("height", "width", "channels", "bit_depth"):
+    for name in manifest.GEOMETRY_COLUMNS:
         columns[name] = columns[name].astype(np.int32)
     columns["shard"] = np.full(len(rows), shard, dtype=object)
     # What was read, for the commit marker: a resumed run redoes the shard if it changed.
@@ -100,7 +88,7 @@ def read_shard(
 
 
 def read_shards(
-    paths: list[str], geometry: tuple[int, int, int, int], limits: shards.Limits, block_rows: int
+    paths: list[str], geometry: Geometry, limits: shards.Limits, block_rows: int
 ) -> Iterator[dict[str, np.ndarray]]:
     """Rows of consecutive shards, as blocks of at least `block_rows` rows (the last may
     be smaller); a shard's rows may span blocks. Reading many tiny shards in one task,
@@ -149,23 +137,13 @@ def group_shards(paths: list[str], target_bytes: int) -> list[list[str]]:
     return groups
 
 
-def probe_geometry(
-    paths: list[str], wanted: int = 32, limits: shards.Limits = shards.DEFAULT_LIMITS
-) -> tuple[int, int, int, int] | None:
+def probe_geometry(paths: list[str], wanted: int = 32, limits: shards.Limits = shards.DEFAULT_LIMITS) -> Geometry | None:
     """The most common geometry among the first `wanted` decodable samples, or None."""
-    counts: dict[tuple[int, int, int, int], int] = {}
-    seen = 0
-    for path in paths:
-        for item in shards.iter_shard(path, limits):
-            if isinstance(item, shards.Problem):
-                continue
-            try:
-                image = shards.decode_png(item.image_bytes, limits.image_pixels)
-            except shards.SampleError:
-                continue
-            geometry = shards.image_geometry(image)
-            counts[geometry] = counts.get(geometry, 0) + 1
-            seen += 1
-            if seen >= wanted:
-                return max(counts, key=counts.get)
+    counts: dict[Geometry, int] = {}
+    for item in reading.decode(reading.stored(paths, limits), limits):
+        if isinstance(item, shards.Sample):
+            found = Geometry.of(item.image)
+            counts[found] = counts.get(found, 0) + 1
+            if sum(counts.values()) >= wanted:
+                break
     return max(counts, key=counts.get) if counts else None

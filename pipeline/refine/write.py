@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline import manifest, shards
+from pipeline.reading import Geometry
 
 
 def encode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -42,22 +43,23 @@ def _manifest_row(row: dict, refiner_hash: str) -> dict:
             labels_json = row["label_bytes"].decode("utf-8")
         except shards.SampleError:
             pass  # the row's status already says why the labels are unusable
-    geometry = tuple(int(row[name]) for name in ("height", "width", "channels", "bit_depth"))
-    entry = manifest.make_row(
+    geometry = None
+    if row["height"] >= 0:
+        geometry = Geometry(**{name: int(row[name]) for name in manifest.GEOMETRY_COLUMNS})
+    # Hashes were taken where the bytes were (read and encode tasks); the driver never
+    # receives the input images.
+    return manifest.make_row(
         row["key"] or None,
         row["shard"],
         status=row["status"],
         error=row["error"],
-        geometry=None if geometry[0] < 0 else geometry,
+        geometry=geometry,
         labels=labels,
         labels_json=labels_json,
+        input_sha256=row["input_sha256"] or None,
+        output_sha256=row["output_sha256"] or None,
         refiner_hash=refiner_hash,
     )
-    # Hashes were taken where the bytes were (read and encode tasks); the driver never
-    # receives the input images.
-    entry["input_sha256"] = row["input_sha256"] or None
-    entry["output_sha256"] = row["output_sha256"] or None
-    return entry
 
 
 class ShardWriter:

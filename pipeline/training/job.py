@@ -13,7 +13,8 @@ from pipeline.models import Refiner
 from pipeline.refiner_file import save_refiner
 from pipeline.training import selection
 from pipeline.training.config import TrainConfig, make_config, save_config
-from pipeline.training.data import PROBLEMS_FILE, Geometry, check_compatible, read_folder, record_problems
+from pipeline.reading import Geometry
+from pipeline.training.data import PROBLEMS_FILE, check_compatible, read_folder, record_problems
 from pipeline.training.loop import run_local
 from pipeline.training.outputs import plot_loss_curves, plot_selection
 from pipeline.training.step import refiner_spec
@@ -93,7 +94,7 @@ def train(
         check_compatible(synthetic.geometry, real.geometry)
         record_problems(run_dir, "synthetic", synthetic.problems)
         record_problems(run_dir, "real", real.problems)
-        labels = extract_labels(synthetic.labels, config.label, synthetic.keys) if config.label else None
+        labels = extract_labels(synthetic.labels, config.label, synthetic.names) if config.label else None
         run_local(
             config, preset, torch.from_numpy(synthetic.images), torch.from_numpy(real.images),
             run_dir, pick_device(), stop_after=stop_after, labels=labels,

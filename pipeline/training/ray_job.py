@@ -18,12 +18,13 @@ import tempfile
 import numpy as np
 import torch
 
-from pipeline import shards
+from pipeline import reading, shards
 from pipeline.errors import UserError
 from pipeline.ray_session import is_verbose, ray_session
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.config import TrainConfig, config_from_dict
-from pipeline.training.data import Geometry, check_compatible, first_geometry, iter_images, record_problems
+from pipeline.reading import Geometry
+from pipeline.training.data import check_compatible, first_geometry, record_problems
 from pipeline.training.loop import run_steps, start
 from pipeline.training.outputs import RunOutputs
 from pipeline.training.selection import Selector
@@ -39,7 +40,7 @@ def _rows(item: dict, geometry: Geometry) -> list[dict]:
     path = item["path"]
     shard = os.path.basename(path)
     rows = []
-    for found in iter_images(path, geometry):
+    for found in reading.samples([path], geometry=geometry):
         if isinstance(found, shards.Problem):
             rows.append({
                 "key": f"{shard}/{found.key or ''}", "shard": shard, "problem_key": found.key or "",
@@ -47,18 +48,17 @@ def _rows(item: dict, geometry: Geometry) -> list[dict]:
                 "labels": "",
             })
         else:
-            key, image, _, labels = found
-            rows.append({"key": f"{shard}/{key}", "shard": shard, "problem_key": "", "kind": "", "message": "",
-                         "image": image, "labels": json.dumps(labels)})
+            rows.append({"key": f"{shard}/{found.key}", "shard": shard, "problem_key": "", "kind": "", "message": "",
+                         "image": shards.to_float(found.image), "labels": json.dumps(found.labels)})
     return rows
 
 
-def image_dataset(folder: str, role: str, run_dir: str, geometry: Geometry | None = None):
+def image_dataset(folder: str, role: str, run_dir: str):
     """(materialised Ray Dataset of key + image, geometry); problems recorded in the run dir."""
     import ray
 
     paths = shards.require_shards(folder, role)
-    geometry = geometry or first_geometry(paths, role)
+    geometry = first_geometry(paths, role)
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
     ds = ds.flat_map(functools.partial(_rows, geometry=geometry)).materialize()
     bad = ds.filter(lambda row: row["kind"] != "").drop_columns(["image"]).take_all()
