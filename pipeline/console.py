@@ -143,16 +143,19 @@ def logger(name: str) -> logging.Logger:
 
 
 @contextlib.contextmanager
-def copied_to(write: Callable[[str], None]):
-    """Inside the block every line is also given to `write` (one call per message)."""
+def _added(handler: logging.Handler):
     _install()
-    handler = _Copy(write)
     root = logging.getLogger(ROOT)
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
+
+
+def copied_to(write: Callable[[str], None]):
+    """Inside the block every line is also given to `write` (one call per message)."""
+    return _added(_Copy(write))
 
 
 @contextlib.contextmanager
@@ -161,11 +164,10 @@ def instead_of_terminal(handler: logging.Handler):
     _install()
     root = logging.getLogger(ROOT)
     root.removeHandler(_terminal)
-    root.addHandler(handler)
     try:
-        yield
+        with _added(handler):
+            yield
     finally:
-        root.removeHandler(handler)
         root.addHandler(_terminal)
 
 
