@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "mlxtend==0.25.0",
     "safetensors==0.8.0",
     "scipy==1.17.1",
+    "tqdm==4.70.1",  # progress bars on an interactive terminal
 ]
 
 TEST_REQUIRES = [

@@ -4,10 +4,11 @@ simulate digits -> import the real MNIST subset -> train a refiner against its
 unlabelled split -> refine the synthetic shards with refine-dataset -> check with
 manifest-diff that no label drifted -> evaluate on real held-out digits -> report.
 
-Each step calls the same Python function as its command, and the report lists the
-equivalent commands. A finished step is recorded in `demo.json`, so running the demo
-again with the same settings continues where it stopped. The stages are imported when
-they run, so the CLI can read PRESETS without loading them.
+The stages are a table (STAGES) run by one loop. Each calls the same Python function
+as its command, and the report lists the equivalent commands. A finished stage is
+recorded in `demo.json`, so running the demo again with the same settings continues
+where it stopped. Every stage's lines, training's and refine-dataset's included, go to
+the terminal and to `demo.log`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
+from pipeline import console
 from pipeline.data.digits import DEFAULT_RENDERING
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream
@@ -27,6 +28,8 @@ from pipeline.files import write_json
 from pipeline.two_sample import TWO_SAMPLE_EPOCHS
 
 STATE = "demo.json"
+LOG = "demo.log"  # every line of every stage, appended run after run
+log = console.logger("pipeline.demo")
 FOLDERS = ("synthetic", "real", "run", "refined", "evaluation")
 
 
@@ -114,16 +117,107 @@ def _load_state(out: str, settings: DemoSettings, overwrite: bool) -> dict:
     return {"settings": wanted, "done": [], "seconds": {}}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What every stage needs: settings, commands and absolute folders (Ray workers run
+    in folders of their own)."""
+
+    settings: DemoSettings
+    commands: dict[str, str]
+    folders: dict[str, str]
+
+    def real(self, split: str) -> str:
+        return os.path.join(self.folders["real"], split)
+
+    @property
+    def refiner(self) -> str:
+        return os.path.join(self.folders["run"], "refiner.safetensors")
+
+
+# Each stage calls the same Python function as its command; what it returns, if
+# anything, is kept in demo.json as the stage's outcome. The functions are imported
+# when a stage runs, so the CLI can read PRESETS without loading them.
+
+
+def _simulate(plan: Plan) -> None:
+    from pipeline.data.simulate import simulate
+
+    s = plan.settings
+    simulate("digits", s.synthetic_count, plan.folders["synthetic"], seed=s.seed, overwrite=True,
+             rendering=s.rendering)
+
+
+def _import(plan: Plan) -> None:
+    from pipeline.data.import_real import import_mnist
+
+    import_mnist(plan.folders["real"], seed=plan.settings.seed, overwrite=True)
+
+
+def _train(plan: Plan) -> None:
+    from pipeline.training import train
+
+    s = plan.settings
+    train(plan.folders["synthetic"], plan.real("unlabelled"), plan.folders["run"], preset=s.train_preset,
+          overrides=dict(s.train_overrides) or None, local=s.local_training)
+
+
+def _refine(plan: Plan) -> None:
+    from pipeline.refine import refine_dataset
+
+    # A refiner from an earlier, unfinished run of this stage may have committed
+    # shards; the one just trained decides, so start the refined folder over.
+    refine_dataset(plan.folders["synthetic"], plan.folders["refined"], plan.refiner, overwrite=True)
+
+
+def _diff(plan: Plan) -> str:
+    from pipeline.refine.diff import diff_manifests
+
+    synthetic, refined = plan.folders["synthetic"], plan.folders["refined"]
+    result = diff_manifests(synthetic, refined)
+    log.info(result.to_text(limit=5))
+    if not result.ok:
+        raise UserError(f"labels drifted between {synthetic} and {refined}; see above")
+    return f"no label drift ({result.rows_a} synthetic rows, {result.rows_b} refined rows)"
+
+
+def _evaluate(plan: Plan) -> None:
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.evaluation.report import summary_lines
+
+    s, d = plan.settings, plan.folders
+    results = evaluate("digits", d["synthetic"], d["refined"], plan.real("test"), d["evaluation"],
+                       real_train_dir=plan.real("train"), seeds=s.seeds, settings=s.evaluation,
+                       two_sample_epochs=s.two_sample_epochs, command=plan.commands["evaluate"])
+    for line in summary_lines(results):
+        log.info(line)
+
+
+def _train_title(s: DemoSettings) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in sorted(s.train_overrides.items()))
+    return f"training the refiner (preset {s.train_preset}" + (f", {options}" if options else "") + ")"
+
+
+# (name, title, stage): run in this order; a name in demo.json's "done" is skipped.
+STAGES = [
+    ("simulate", lambda s: f"simulating {s.synthetic_count} digits", _simulate),
+    ("import", lambda s: "importing the real MNIST subset (unlabelled / train / test)", _import),
+    ("train", _train_title, _train),
+    ("refine", lambda s: "refining the synthetic shards (refine-dataset)", _refine),
+    ("diff", lambda s: "checking labels with manifest-diff", _diff),
+    ("evaluate", lambda s: "evaluating on real held-out digits", _evaluate),
+]
+
+
 def run_demo(
     out: str = "simgan-demo",
     preset: str = "demo",
     settings: DemoSettings | None = None,
     overwrite: bool = False,
-    log: Callable[[str], None] = print,
 ) -> str:
-    """Run every step (skipping those a previous run finished); returns report.html's path.
+    """Run every stage (skipping those a previous run finished); returns report.html's path.
 
-    `settings` replaces the preset's (tests use tiny ones).
+    `settings` replaces the preset's (tests use tiny ones). Every line of every stage is
+    shown and also appended to OUT/demo.log.
     """
     if settings is None:
         if preset not in PRESETS:
@@ -131,94 +225,49 @@ def run_demo(
         settings = PRESETS[preset]
     os.makedirs(out, exist_ok=True)
     state = _load_state(out, settings, overwrite)
-    commands = commands_for(out, settings, preset)
-    # Absolute paths for the work itself: Ray workers run in folders of their own.
-    d = {name: os.path.join(os.path.abspath(out), name) for name in FOLDERS}
-    real = {name: os.path.join(d["real"], name) for name in ("unlabelled", "train", "test")}
-    refiner_path = os.path.join(d["run"], "refiner.safetensors")
-    began = time.perf_counter()
-    facts: dict = {}
+    plan = Plan(settings, commands_for(out, settings, preset),
+                {name: os.path.join(os.path.abspath(out), name) for name in FOLDERS})
+    started = time.perf_counter()
+    with open(os.path.join(out, LOG), "a") as demo_log, console.copied_to(lambda line: _append(demo_log, line)):
+        for number, (name, title, stage) in enumerate(STAGES, 1):
+            prefix = f"[demo {number}/{len(STAGES) + 1}]"
+            _run_stage(out, plan, state, name, prefix, title(settings), stage, started)
+        return _report(out, plan, state)
 
-    def simulate_step():
-        from pipeline.data.simulate import simulate
 
-        simulate("digits", settings.synthetic_count, d["synthetic"], seed=settings.seed, overwrite=True,
-                 progress=log, rendering=settings.rendering)
+def _append(handle, line: str) -> None:
+    handle.write(line + "\n")
+    handle.flush()  # a stage that dies still leaves its lines
 
-    def import_step():
-        from pipeline.data.import_real import import_mnist
 
-        import_mnist(d["real"], seed=settings.seed, overwrite=True, progress=log)
-
-    def train_step():
-        from pipeline.training import train
-
-        train(d["synthetic"], real["unlabelled"], d["run"], preset=settings.train_preset,
-              overrides=dict(settings.train_overrides) or None, local=settings.local_training)
-
-    def refine_step():
-        from pipeline.refine import refine_dataset
-
-        # A refiner from an earlier, unfinished run of this step may have committed
-        # shards; the one just trained decides, so start the refined folder over.
-        refine_dataset(d["synthetic"], d["refined"], refiner_path, overwrite=True)
-
-    def diff_step():
-        from pipeline.refine.diff import diff_manifests
-
-        result = diff_manifests(d["synthetic"], d["refined"])
-        log(result.to_text(limit=5))
-        if not result.ok:
-            raise UserError(f"labels drifted between {d['synthetic']} and {d['refined']}; see above")
-        return f"no label drift ({result.rows_a} synthetic rows, {result.rows_b} refined rows)"
-
-    def evaluate_step():
-        from pipeline.evaluation.evaluate import evaluate
-        from pipeline.evaluation.report import summary_lines
-
-        results = evaluate("digits", d["synthetic"], d["refined"], real["test"], d["evaluation"],
-                           real_train_dir=real["train"], seeds=settings.seeds, settings=settings.evaluation,
-                           two_sample_epochs=settings.two_sample_epochs, command=commands["evaluate"], log=log)
-        for line in summary_lines(results):
-            log(line)
-
-    steps = [
-        ("simulate", f"simulating {settings.synthetic_count} digits", simulate_step),
-        ("import", "importing the real MNIST subset (unlabelled / train / test)", import_step),
-        ("train", f"training the refiner (preset {settings.train_preset}"
-                  + (", " + ", ".join(f"{k}={v}" for k, v in sorted(settings.train_overrides.items()))
-                     if settings.train_overrides else "") + ")", train_step),
-        ("refine", "refining the synthetic shards (refine-dataset)", refine_step),
-        ("diff", "checking labels with manifest-diff", diff_step),
-        ("evaluate", "evaluating on real held-out digits", evaluate_step),
-    ]
+def _run_stage(out: str, plan: Plan, state: dict, name: str, prefix: str, title: str, stage,
+               started: float) -> None:
     # Training and refinement each start and stop a Ray of their own (pipeline.ray_session),
-    # as when the commands are run one by one; nothing is left running between steps.
-    for number, (name, title, action) in enumerate(steps, 1):
-        prefix = f"[demo {number}/{len(steps) + 1}]"
-        if name in state["done"]:
-            log(f"{prefix} {title}: done by an earlier run, skipped")
-            continue
-        log(f"{prefix} {title} ...")
-        log(f"{prefix} same as: {commands[name]}")
-        tick = time.perf_counter()
-        outcome = action()
-        state["seconds"][name] = round(time.perf_counter() - tick, 1)
-        if outcome:
-            state["outcome_" + name] = outcome
-        state["done"].append(name)
-        write_json(os.path.join(out, STATE), state)
-        log(f"{prefix} {name} finished in {state['seconds'][name]} s "
-            f"(demo so far {time.perf_counter() - began:.0f} s)")
+    # as when the commands are run one by one; nothing is left running between stages.
+    if name in state["done"]:
+        log.info(f"{prefix} {title}: done by an earlier run, skipped")
+        return
+    log.info(f"{prefix} {title} ...")
+    log.info(f"{prefix} same as: {plan.commands[name]}")
+    began = time.perf_counter()
+    outcome = stage(plan)
+    state["seconds"][name] = round(time.perf_counter() - began, 1)
+    if outcome:
+        state["outcome_" + name] = outcome
+    state["done"].append(name)
+    write_json(os.path.join(out, STATE), state)
+    log.info(f"{prefix} {name} finished in {state['seconds'][name]} s "
+             f"(demo so far {time.perf_counter() - started:.0f} s)")
 
-    log(f"[demo {len(steps) + 1}/{len(steps) + 1}] writing the report ...")
+
+def _report(out: str, plan: Plan, state: dict) -> str:
     from pipeline.evaluation.evaluate import load_results
     from pipeline.evaluation.report import write_report
 
-    facts["labels checked (manifest-diff)"] = state.get("outcome_diff", "")
-    facts["step times (s)"] = json.dumps(state["seconds"])
-    html_path, _ = write_report(out, load_results(d["evaluation"]), train_run_dir=d["run"],
-                                commands=[commands[name] for name in commands], extra=facts)
-    log(f"[demo] report: {os.path.abspath(html_path)}")
+    log.info(f"[demo {len(STAGES) + 1}/{len(STAGES) + 1}] writing the report ...")
+    facts = {"labels checked (manifest-diff)": state.get("outcome_diff", ""),
+             "step times (s)": json.dumps(state["seconds"])}
+    html_path, _ = write_report(out, load_results(plan.folders["evaluation"]), train_run_dir=plan.folders["run"],
+                                commands=list(plan.commands.values()), extra=facts)
+    log.info(f"[demo] report: {os.path.abspath(html_path)}")
     return html_path
-

@@ -181,7 +181,9 @@ def _loopback_only():
 
 def _log(verbose: bool, line: str) -> None:
     if verbose:
-        print(line, file=sys.stderr, flush=True)
+        from pipeline import console
+
+        console.logger(console.ROOT).info(line)
 
 
 def _session_dir() -> str:

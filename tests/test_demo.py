@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pipeline import manifest
+from pipeline import console, manifest
 from pipeline.demo import PRESETS, DemoSettings, commands_for, run_demo
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream
@@ -26,7 +26,8 @@ TINY = DemoSettings(
 def test_demo_runs_every_step_then_continues(tmp_path):
     out = str(tmp_path / "simgan-demo")
     lines = []
-    html_path = run_demo(out, settings=TINY, log=lines.append)
+    with console.copied_to(lines.append):
+        html_path = run_demo(out, settings=TINY)
     assert html_path == os.path.join(out, "report.html") and os.path.isfile(html_path)
     text = "\n".join(lines)
     for number, step in enumerate(["simulating 120 digits", "importing the real MNIST", "training the refiner",
@@ -44,14 +45,19 @@ def test_demo_runs_every_step_then_continues(tmp_path):
     for command in commands_for(out, TINY, "demo").values():
         assert command in md
     assert "no label drift" in md
+    # The demo's own log holds every stage's lines, training's and refine-dataset's too.
+    logged = open(os.path.join(out, "demo.log")).read()
+    assert "[demo 3/7] training the refiner" in logged and "selected the refiner of step" in logged
+    assert "refine: shard 1/" in logged and "result: no label drift" in logged
 
     # Running again continues: every finished step is skipped, the report is rewritten.
     again = []
-    run_demo(out, settings=TINY, log=again.append)
+    with console.copied_to(again.append):
+        run_demo(out, settings=TINY)
     assert sum("done by an earlier run, skipped" in line for line in again) == 6
     # Other settings in the same folder are refused rather than mixed in.
     with pytest.raises(UserError, match="other settings"):
-        run_demo(out, settings=DemoSettings(**{**TINY.__dict__, "synthetic_count": 130}), log=again.append)
+        run_demo(out, settings=DemoSettings(**{**TINY.__dict__, "synthetic_count": 130}))
 
 
 def test_demo_presets_differ_only_in_the_simulator_rendering():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from pipeline import console
 from pipeline.cli import main
 from pipeline.data.output import write_labelled_shard
 from pipeline.evaluation import downstream
@@ -32,10 +33,11 @@ def digit_folders(tmp_path_factory):
 def test_digits_evaluation_writes_results_over_seeds(digit_folders, tmp_path):
     f = digit_folders
     lines = []
-    results = evaluate(
-        "digits", f["synthetic"], f["refined"], f["test"], str(tmp_path / "eval"), real_train_dir=f["train"],
-        seeds=2, settings=QUICK, two_sample_epochs=2, log=lines.append,
-    )
+    with console.copied_to(lines.append):
+        results = evaluate(
+            "digits", f["synthetic"], f["refined"], f["test"], str(tmp_path / "eval"), real_train_dir=f["train"],
+            seeds=2, settings=QUICK, two_sample_epochs=2,
+        )
     stored = load_results(str(tmp_path / "eval"))
     assert stored == json.loads(json.dumps(results))
     assert stored["seeds"] == [0, 1]
@@ -63,11 +65,11 @@ def test_unusable_samples_are_listed_not_dropped_silently(digit_folders, tmp_pat
     write_labelled_shard(refined, "d-000009.tar", [("odd", np.zeros((20, 20), np.uint8), {"class": 3}),
                                                    ("nolabel", np.zeros((28, 28), np.uint8), {})])
     lines = []
-    results = evaluate(
-        "digits", f["synthetic"], refined, f["test"], str(tmp_path / "eval"), seeds=1,
-        settings=downstream.TrainSettings(steps=3, batch_size=8), two_sample_epochs=2,
-        log=lines.append,
-    )
+    with console.copied_to(lines.append):
+        results = evaluate(
+            "digits", f["synthetic"], refined, f["test"], str(tmp_path / "eval"), seeds=1,
+            settings=downstream.TrainSettings(steps=3, batch_size=8), two_sample_epochs=2,
+        )
     listed = {(p["shard"], p["key"], p["kind"]) for p in results["problems"]["refined"]}
     assert listed == {("d-000009.tar", "odd", "wrong_shape"), ("d-000009.tar", "nolabel", "invalid_labels")}
     assert any("refined: 2 unusable samples" in line for line in lines)
@@ -81,7 +83,7 @@ def test_gaze_evaluation_reports_angle_error_and_share_within(tmp_path):
     test = write_eyes(tmp_path / "test", 80, seed=4, style="soft")
     results = evaluate(
         "gaze", synthetic, refined, test, str(tmp_path / "eval"), real_train_dir=train, seeds=1,
-        settings=QUICK, two_sample_epochs=2, log=lambda line: None,
+        settings=QUICK, two_sample_epochs=2,
     )
     scores = results["downstream"]["refined"]
     assert set(scores) == {"mean_angle_error"} | {f"within_{d}" for d in range(5, 26)}

@@ -32,7 +32,7 @@ def _read_folder(folder):
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory):
     out = tmp_path_factory.mktemp("mnist")
-    folders = import_real.import_mnist(str(out), seed=0, progress=None)
+    folders = import_real.import_mnist(str(out), seed=0)
     return folders, {name: _read_folder(folder) for name, folder in folders.items()}
 
 
@@ -146,7 +146,7 @@ def unityeyes_folder(tmp_path):
 
 def test_unityeyes_import_crops_the_eye_and_converts_the_gaze(unityeyes_folder, tmp_path):
     out = tmp_path / "out"
-    summary = import_real.import_unityeyes(str(unityeyes_folder), str(out), progress=None)
+    summary = import_real.import_unityeyes(str(unityeyes_folder), str(out))
     assert (summary["ok"], summary["failed"]) == (3, 2)
     samples = {s.key: s for s in _read_folder(out)}
     assert sorted(samples) == ["unityeyes-1", "unityeyes-10", "unityeyes-2"]
@@ -194,7 +194,7 @@ def test_mpiigaze_import_reads_both_eyes_of_every_day(tmp_path, rng):
     _write_mpiigaze_day(str(root / "p01" / "day02.mat"), 1, 1, rng)
     (root / "p01" / "day03.mat").write_bytes(b"MATLAB 5.0 MAT-file, but truncated")
     out = tmp_path / "out"
-    summary = import_real.import_mpiigaze(str(tmp_path / "MPIIGaze"), str(out), progress=None)
+    summary = import_real.import_mpiigaze(str(tmp_path / "MPIIGaze"), str(out))
     assert (summary["ok"], summary["failed"]) == (7, 1)
     samples = {s.key: s for s in _read_folder(out)}
     assert len(samples) == 7
@@ -258,7 +258,7 @@ def test_folder_import_keeps_16_bit_and_rgb_when_asked_to(tmp_path, rng):
     rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(source / "e.png")
     out = tmp_path / "out"
-    summary = import_real.import_folder(str(source), str(out), prefix="depth", progress=None)
+    summary = import_real.import_folder(str(source), str(out), prefix="depth")
     assert summary["ok"] == 2 and os.path.exists(out / "depth-000000.tar")
     samples = {s.key: s for s in _read_folder(out)}
     np.testing.assert_array_equal(samples["d"].image, depth)

@@ -26,8 +26,7 @@ def evaluated(tmp_path_factory):
     train = write_digits(root / "train", 60, seed=3, style="soft")
     test = write_digits(root / "test", 40, seed=4, style="soft")
     results = evaluate("digits", synthetic, refined, test, str(root / "eval"), real_train_dir=train, seeds=2,
-                       settings=TINY, two_sample_epochs=1, command="simgan evaluate --task digits ...",
-                       log=lambda line: None)
+                       settings=TINY, two_sample_epochs=1, command="simgan evaluate --task digits ...")
     run = root / "run"
     run.mkdir()
     Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(run / "loss_curves.png")

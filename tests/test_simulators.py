@@ -161,9 +161,9 @@ def _digests(folder):
 
 
 def test_simulation_is_byte_identical_for_a_seed_whatever_the_worker_count(tmp_path):
-    one = simulate("eyes", 50, str(tmp_path / "one"), seed=4, workers=1, per_shard=20, progress=None)
-    two = simulate("eyes", 50, str(tmp_path / "two"), seed=4, workers=2, per_shard=20, progress=None)
-    other = simulate("eyes", 50, str(tmp_path / "other"), seed=5, workers=1, per_shard=20, progress=None)
+    one = simulate("eyes", 50, str(tmp_path / "one"), seed=4, workers=1, per_shard=20)
+    two = simulate("eyes", 50, str(tmp_path / "two"), seed=4, workers=2, per_shard=20)
+    other = simulate("eyes", 50, str(tmp_path / "other"), seed=5, workers=1, per_shard=20)
     assert (one["samples"], one["shards"], two["workers"]) == (50, 3, 2)
     assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
     assert _digests(tmp_path / "one")["eyes-000000.tar"] != _digests(tmp_path / "other")["eyes-000000.tar"]
@@ -202,7 +202,7 @@ def test_simulate_rejects_bad_arguments(tmp_path):
                    {"kind": "eyes", "rendering": "binary"}, {"rendering": "blurry"}):
         arguments = {"kind": "digits", "count": 5, "out_dir": str(tmp_path / "x"), **kwargs}
         with pytest.raises(UserError):
-            simulate(**arguments, progress=None)
+            simulate(**arguments)
 
 
 def test_simulate_digits_rendering_option_reaches_images_labels_and_summary(tmp_path):

@@ -162,8 +162,8 @@ def main() -> int:
     parser.add_argument("--workdir", default=None, help="default: a temporary folder, removed afterwards")
     args = parser.parse_args()
 
-    import ray
-
+    from pipeline import console
+    from pipeline.ray_session import ray_session
     from pipeline.refine import refine_dataset
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-refine-")
@@ -185,15 +185,12 @@ def main() -> int:
               f"(batch {args.batch_size}, {torch.get_num_threads()} threads)", flush=True)
 
         started = time.perf_counter()
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-        print(f"ray start-up: {time.perf_counter() - started:.1f} s", flush=True)
-        try:
-            with PeakMemory() as memory:
+        with ray_session():
+            print(f"ray start-up: {time.perf_counter() - started:.1f} s", flush=True)
+            with PeakMemory() as memory, console.quiet("pipeline.refine"):
                 started = time.perf_counter()
-                summary = refine_dataset(in_dir, out_dir, refiner_path, batch_size=args.batch_size, stream=open(os.devnull, "w"))
+                summary = refine_dataset(in_dir, out_dir, refiner_path, batch_size=args.batch_size)
                 wall = time.perf_counter() - started
-        finally:
-            ray.shutdown()
         end_to_end = summary["ok"] / wall
         print(f"end to end: {end_to_end:.1f} images/s ({summary['ok']} of {summary['samples']} images in {wall:.1f} s)")
         print(f"ratio end-to-end / bare forward: {end_to_end / forward:.2f}")

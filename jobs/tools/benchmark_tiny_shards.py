@@ -45,8 +45,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per layout; the fastest is kept")
     args = parser.parse_args()
 
-    import ray
-
+    from pipeline import console
+    from pipeline.ray_session import ray_session
     from pipeline.refine import refine_dataset
 
     workdir = tempfile.mkdtemp(prefix="bench-tiny-")
@@ -61,23 +61,20 @@ def main() -> int:
         for name, count in layouts.items():
             make_inputs(os.path.join(workdir, f"in-{name}"), images, count)
 
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         walls = {}
-        try:
+        with ray_session(), console.quiet("pipeline.refine"):
             for name, count in layouts.items():
                 best = None
                 for attempt in range(args.repeat):
                     out = os.path.join(workdir, f"out-{name}-{attempt}")
                     started = time.perf_counter()
                     summary = refine_dataset(os.path.join(workdir, f"in-{name}"), out, refiner_path,
-                                             batch_size=args.batch_size, stream=open(os.devnull, "w"))
+                                             batch_size=args.batch_size)
                     wall = time.perf_counter() - started
                     assert summary["ok"] == args.images, summary
                     best = wall if best is None else min(best, wall)
                     print(f"{count} shards: {summary['ok']} images in {wall:.1f} s", flush=True)
                 walls[name] = best
-        finally:
-            ray.shutdown()
         print(f"ratio {args.many} shards / {args.few} shards: {walls['many'] / walls['few']:.2f} "
               f"({walls['many']:.1f} s / {walls['few']:.1f} s)")
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min) at the end")

@@ -19,7 +19,7 @@ def demo(out_dir, preset, overwrite):
     """Simulate, import MNIST, train, refine, check labels, evaluate, report: all in one."""
     from pipeline.demo import run_demo
 
-    run_demo(out_dir, preset, overwrite=overwrite, log=click.echo)
+    run_demo(out_dir, preset, overwrite=overwrite)
 
 
 COMMANDS = [demo]

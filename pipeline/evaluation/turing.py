@@ -223,6 +223,121 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# ------------------------------------------------------------------ routes
+# Each route is a function of (request, test, query); the request is the handler below,
+# which has already refused a foreign Host, and answers through its reply/redirect.
+
+NOT_FOUND = _page("Not found", "<p>Nothing here.</p>")
+
+
+def _rater(values: dict) -> str | None:
+    rater = (values.get("rater") or [""])[0].strip()
+    return rater if 0 < len(rater) <= MAX_RATER else None
+
+
+def _needs_rater(route):
+    """The route gets the rater's name as a fourth argument, or the request a 400 page."""
+    def checked(request, test, query):
+        rater = _rater(query)
+        if rater is None:
+            return request.reply(400, _page("Name needed", "<p>Please give a name (1 to 64 characters).</p>"
+                                                          "<p><a href=/>Back</a></p>"))
+        return route(request, test, query, rater)
+    return checked
+
+
+def _start_page(request, test, query):
+    return request.reply(200, _page("Real or refined?", (
+        "<h1>Real or refined?</h1><p>You will see images one at a time. Some are real "
+        "photographs, some were made by a simulator and refined. Say which you think "
+        "each is. You can stop at any time and continue later under the same name.</p>"
+        "<form action=/rate method=get><label>Your name "
+        f"<input id=rater name=rater maxlength={MAX_RATER} required></label> "
+        "<button id=start type=submit>Start</button></form>")))
+
+
+@_needs_rater
+def _rate_page(request, test, query, rater):
+    position = test.next_position(rater)
+    if position is None:
+        return request.redirect("/done?" + urlencode({"rater": rater}))
+    r = html.escape(rater, quote=True)
+    return request.reply(200, _page("Real or refined?", (
+        f"<p id=progress>Image {position + 1} of {len(test.items)}</p>"
+        f"<img id=sample src=\"/image?{html.escape(urlencode({'rater': rater, 'n': position}))}\" "
+        "alt=\"image to rate\"><form action=/answer method=post>"
+        f"<input type=hidden name=rater value=\"{r}\"><input type=hidden name=n value={position}>"
+        "<p><button id=real name=answer value=real>Real</button>"
+        "<button id=refined name=answer value=refined>Refined</button></p></form>"
+        f"<p><a id=stop href=\"/done?{html.escape(urlencode({'rater': rater}))}\">"
+        "Stop here and see the results so far</a></p>")))
+
+
+@_needs_rater
+def _image(request, test, query, rater):
+    order = test.order(rater)
+    try:
+        item = order[int((query.get("n") or ["-1"])[0])]
+    except (ValueError, IndexError):
+        return request.reply(404, _page("Not found", "<p>No such image.</p>"))
+    return request.reply(200, item.png, kind="image/png")
+
+
+@_needs_rater
+def _done_page(request, test, query, rater):
+    left = test.next_position(rater)
+    more = ("" if left is None else
+            f"<p><a id=continue href=\"/rate?{html.escape(urlencode({'rater': rater}))}\">"
+            "Continue rating</a></p>")
+    return request.reply(200, _page("Results", (
+        f"<h1 id=done>Thank you, {html.escape(rater)}</h1>{more}"
+        + _matrix_html(test.summary(rater), "Your answers", "mine")
+        + _matrix_html(test.summary(), "All raters pooled", "pooled"))))
+
+
+def _results(request, test, query):
+    return request.reply(200, json.dumps(test.summary()).encode(), kind="application/json")
+
+
+def _answer(request, test, query):
+    # Browsers send Origin with every form post; it must be the page's own address
+    # (the Host it was served under, so a forwarded port still works). Clients
+    # without Origin passed the Host check in _route.
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.strip().lower() != f"http://{request.own_host()}":
+        # A page of another site posting here: its answers are not a rater's.
+        return request.refuse(403, "Forbidden", f"answers from {origin[:100]!r} are not accepted")
+    length = request.body_length()
+    if isinstance(length, str):
+        status, reason = length.split(" ", 1)
+        return request.refuse(int(status), "Bad request", reason)
+    body = request.rfile.read(length)
+    if len(body) < length:
+        return request.refuse(400, "Bad request", f"the answer ended after {len(body)} of {length} bytes")
+    form = parse_qs(body.decode("utf-8", "replace"))
+    rater = _rater(form)
+    if rater is None:
+        return request.reply(400, _page("Name needed", "<p>Please give a name.</p>"))
+    try:
+        position = int((form.get("n") or [""])[0])
+    except ValueError:
+        return request.reply(400, _page("Bad answer", "<p>The answer form was damaged.</p>"))
+    test.record(rater, position, (form.get("answer") or [""])[0])
+    return request.redirect("/rate?" + urlencode({"rater": rater}))
+
+
+# (method, path) -> route. Anything else is a 404 (a method the handler has no do_X
+# for is answered 501 by the library).
+ROUTES = {
+    ("GET", "/"): _start_page,
+    ("GET", "/rate"): _rate_page,
+    ("GET", "/image"): _image,
+    ("GET", "/done"): _done_page,
+    ("GET", "/results.json"): _results,
+    ("POST", "/answer"): _answer,
+}
+
+
 def make_handler(test: TuringTest, idle_timeout: float = CONNECTION_TIMEOUT):
     class Handler(BaseHTTPRequestHandler):
         # Applied to each connection's socket by StreamRequestHandler.setup().
@@ -234,7 +349,7 @@ def make_handler(test: TuringTest, idle_timeout: float = CONNECTION_TIMEOUT):
         def log_error(self, format, *args):
             print(f"turing-test: {self.client_address[0]}: {_one_line(format % args)}", file=sys.stderr, flush=True)
 
-        def _send(self, status: int, body: bytes, kind: str = "text/html; charset=utf-8", headers=None):
+        def reply(self, status: int, body: bytes, kind: str = "text/html; charset=utf-8", headers=None):
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
@@ -244,91 +359,22 @@ def make_handler(test: TuringTest, idle_timeout: float = CONNECTION_TIMEOUT):
             self.end_headers()
             self.wfile.write(body)
 
-        def _redirect(self, path: str):
-            self._send(303, b"", headers={"Location": path})
+        def redirect(self, path: str):
+            self.reply(303, b"", headers={"Location": path})
 
-        def _rater(self, query: dict) -> str | None:
-            rater = (query.get("rater") or [""])[0].strip()
-            return rater if 0 < len(rater) <= MAX_RATER else None
-
-        def _own_host(self) -> str | None:
+        def own_host(self) -> str | None:
             """The Host header when it names this server, else None."""
             host = (self.headers.get("Host") or "").strip().lower()
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             own = {self.server.server_address[0].lower(), *LOOPBACK_NAMES}
             return host if name in own else None
 
-        def _refuse(self, status: int, title: str, text: str):
+        def refuse(self, status: int, title: str, text: str):
             self.log_error("%s %s answered %d: %s", self.command, self.path[:100], status, text)
             self.close_connection = True
-            return self._send(status, _page(title, f"<p>{html.escape(text)}</p>"), headers={"Connection": "close"})
+            return self.reply(status, _page(title, f"<p>{html.escape(text)}</p>"), headers={"Connection": "close"})
 
-        def _guarded(self, answer):
-            """Run `answer`; a UserError (such as an answers file damaged while serving) is
-            a one-line log and a 500 page rather than a traceback."""
-            if self._own_host() is None:
-                return self._refuse(403, "Forbidden", "this server only answers requests addressed to it on loopback")
-            try:
-                return answer()
-            except UserError as exc:
-                return self._refuse(500, "Server problem", str(exc))
-
-        def do_GET(self):
-            return self._guarded(self._get)
-
-        def do_POST(self):
-            return self._guarded(self._post)
-
-        def _get(self):
-            url = urlparse(self.path)
-            query = parse_qs(url.query)
-            if url.path == "/":
-                return self._send(200, _page("Real or refined?", (
-                    "<h1>Real or refined?</h1><p>You will see images one at a time. Some are real "
-                    "photographs, some were made by a simulator and refined. Say which you think "
-                    "each is. You can stop at any time and continue later under the same name.</p>"
-                    "<form action=/rate method=get><label>Your name "
-                    f"<input id=rater name=rater maxlength={MAX_RATER} required></label> "
-                    "<button id=start type=submit>Start</button></form>")))
-            rater = self._rater(query)
-            if url.path in ("/rate", "/image", "/done") and rater is None:
-                return self._send(400, _page("Name needed", "<p>Please give a name (1 to 64 characters).</p>"
-                                                            "<p><a href=/>Back</a></p>"))
-            if url.path == "/rate":
-                position = test.next_position(rater)
-                if position is None:
-                    return self._redirect("/done?" + urlencode({"rater": rater}))
-                r = html.escape(rater, quote=True)
-                return self._send(200, _page("Real or refined?", (
-                    f"<p id=progress>Image {position + 1} of {len(test.items)}</p>"
-                    f"<img id=sample src=\"/image?{html.escape(urlencode({'rater': rater, 'n': position}))}\" "
-                    "alt=\"image to rate\"><form action=/answer method=post>"
-                    f"<input type=hidden name=rater value=\"{r}\"><input type=hidden name=n value={position}>"
-                    "<p><button id=real name=answer value=real>Real</button>"
-                    "<button id=refined name=answer value=refined>Refined</button></p></form>"
-                    f"<p><a id=stop href=\"/done?{html.escape(urlencode({'rater': rater}))}\">"
-                    "Stop here and see the results so far</a></p>")))
-            if url.path == "/image":
-                order = test.order(rater)
-                try:
-                    item = order[int((query.get("n") or ["-1"])[0])]
-                except (ValueError, IndexError):
-                    return self._send(404, _page("Not found", "<p>No such image.</p>"))
-                return self._send(200, item.png, kind="image/png")
-            if url.path == "/done":
-                left = test.next_position(rater)
-                more = ("" if left is None else
-                        f"<p><a id=continue href=\"/rate?{html.escape(urlencode({'rater': rater}))}\">"
-                        "Continue rating</a></p>")
-                return self._send(200, _page("Results", (
-                    f"<h1 id=done>Thank you, {html.escape(rater)}</h1>{more}"
-                    + _matrix_html(test.summary(rater), "Your answers", "mine")
-                    + _matrix_html(test.summary(), "All raters pooled", "pooled"))))
-            if url.path == "/results.json":
-                return self._send(200, json.dumps(test.summary()).encode(), kind="application/json")
-            return self._send(404, _page("Not found", "<p>Nothing here.</p>"))
-
-        def _body_length(self) -> int | str:
+        def body_length(self) -> int | str:
             """The declared body length, or why it is refused ("400 ..." or "413 ...")."""
             values = [v.strip() for v in self.headers.get_all("Content-Length") or []]
             if not values:
@@ -341,34 +387,22 @@ def make_handler(test: TuringTest, idle_timeout: float = CONNECTION_TIMEOUT):
                 return f"413 a {int(values[0])}-byte answer is more than the {MAX_BODY} bytes allowed"
             return int(values[0])
 
-        def _post(self):
+        def _route(self):
+            """Route the request. A foreign Host is refused first; a UserError (such as an
+            answers file damaged while serving) is a one-line log and a 500 page rather
+            than a traceback."""
+            if self.own_host() is None:
+                return self.refuse(403, "Forbidden", "this server only answers requests addressed to it on loopback")
             url = urlparse(self.path)
-            if url.path != "/answer":
-                return self._send(404, _page("Not found", "<p>Nothing here.</p>"))
-            # Browsers send Origin with every form post; it must be the page's own address
-            # (the Host it was served under, so a forwarded port still works). Clients
-            # without Origin passed the Host check in _guarded.
-            origin = self.headers.get("Origin")
-            if origin is not None and origin.strip().lower() != f"http://{self._own_host()}":
-                # A page of another site posting here: its answers are not a rater's.
-                return self._refuse(403, "Forbidden", f"answers from {origin[:100]!r} are not accepted")
-            length = self._body_length()
-            if isinstance(length, str):
-                status, reason = length.split(" ", 1)
-                return self._refuse(int(status), "Bad request", reason)
-            body = self.rfile.read(length)
-            if len(body) < length:
-                return self._refuse(400, "Bad request", f"the answer ended after {len(body)} of {length} bytes")
-            form = parse_qs(body.decode("utf-8", "replace"))
-            rater = self._rater(form)
-            if rater is None:
-                return self._send(400, _page("Name needed", "<p>Please give a name.</p>"))
+            route = ROUTES.get((self.command, url.path))
             try:
-                position = int((form.get("n") or [""])[0])
-            except ValueError:
-                return self._send(400, _page("Bad answer", "<p>The answer form was damaged.</p>"))
-            test.record(rater, position, (form.get("answer") or [""])[0])
-            return self._redirect("/rate?" + urlencode({"rater": rater}))
+                if route is None:
+                    return self.reply(404, NOT_FOUND)
+                return route(self, test, parse_qs(url.query))
+            except UserError as exc:
+                return self.refuse(500, "Server problem", str(exc))
+
+        do_GET = do_POST = _route
 
     return Handler
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TextIO
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,7 +21,7 @@ from pipeline import manifest, shards
 from pipeline.data.validate import check_dataset
 from pipeline.errors import UserError
 from pipeline.ray_session import ray_session
-from pipeline.refine.progress import Progress, summary_text
+from pipeline.refine.progress import Progress, log, summary_text
 from pipeline.refine.read import file_size, group_shards, probe_geometry, read_shards
 from pipeline.refine.stage import RefineStage
 from pipeline.refine.write import ShardWriter, encode_batch
@@ -142,7 +141,6 @@ def refine_dataset(
     batch_size: int = 256,
     address: str | None = None,
     device: str | None = None,
-    stream: TextIO | None = None,
     force: bool = False,
     limits: shards.Limits | None = None,
 ) -> dict:
@@ -190,9 +188,9 @@ def refine_dataset(
     # marker that vouches for them.
     _clear_outputs(out_dir, sorted(redone))
     todo = [p for p in paths if os.path.basename(p) not in set(committed)]
-    progress = Progress(len(paths), len(committed), stream)
+    progress = Progress(len(paths), len(committed))
     for name, reason in redone.items():
-        print(f"refine: redoing {name}: {reason}", file=progress.stream, flush=True)
+        log.info(f"refine: redoing {name}: {reason}")
     writer = ShardWriter(out_dir, info.content_hash, _committed_keys(out_dir, committed), progress.update)
     if todo:
         _run_pipeline(todo, writer, refiner_path, expected, batch_size, address, device, limits)
@@ -215,7 +213,7 @@ def refine_dataset(
             "images_per_s": round(progress.ok / wall, 2) if wall > 0 else 0.0,
         },
     )
-    print(summary_text(summary), file=progress.stream, flush=True)
+    log.info(summary_text(summary))
     return summary
 
 

@@ -1,10 +1,13 @@
-"""Progress lines while a refinement runs, and the final summary text."""
+"""Progress while a refinement runs (a line per committed shard, or a bar), and the
+final summary text."""
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import TextIO
+
+from pipeline import console
+
+log = console.logger("pipeline.refine")
 
 
 def _duration(seconds: float) -> str:
@@ -16,10 +19,9 @@ class Progress:
     """Counts committed shards and samples; the ETA assumes the remaining shards take as
     long per shard as the ones done so far (sample counts are unknown until read)."""
 
-    def __init__(self, total_shards: int, skipped_shards: int = 0, stream: TextIO | None = None):
+    def __init__(self, total_shards: int, skipped_shards: int = 0):
         self.total = total_shards
         self.skipped = skipped_shards
-        self.stream = stream or sys.stderr
         self.start = time.perf_counter()
         self.shards = 0
         self.samples = 0
@@ -41,12 +43,12 @@ class Progress:
         eta = self.elapsed / self.shards * (todo - self.shards)
         failed = stats["samples"] - stats["ok"]
         note = f", {failed} failed" if failed else ""
-        print(
-            f"refine: shard {self.skipped + self.shards}/{self.total} {stats['shard']} "
+        done = self.skipped + self.shards
+        log.info(
+            f"refine: shard {done}/{self.total} {stats['shard']} "
             f"({stats['ok']}/{stats['samples']} ok{note}) | {self.ok} images refined, "
             f"{self.images_per_s:.1f} images/s, ETA {_duration(eta)}",
-            file=self.stream,
-            flush=True,
+            extra=console.tick(done, self.total, "shard", True, f"{self.ok} images, {self.images_per_s:.1f} images/s"),
         )
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline import reading, shards
+from pipeline import console, reading, shards
 from pipeline.errors import UserError
 from pipeline.reading import Geometry, ImageSet
+
+log = console.logger("pipeline.training")
 
 PROBLEMS_FILE = "data_problems.jsonl"
 
@@ -41,7 +43,8 @@ def record_problems(run_dir: str, role: str, problems: list[shards.Problem]) -> 
     with open(os.path.join(run_dir, PROBLEMS_FILE), "a") as handle:
         for p in problems:
             handle.write(json.dumps({"input": role, "shard": p.shard, "key": p.key, "kind": p.kind, "message": p.message}) + "\n")
-    print(f"{role}: {len(problems)} unusable samples skipped, listed in {os.path.join(run_dir, PROBLEMS_FILE)}; first: {problems[0]}")
+    log.info(f"{role}: {len(problems)} unusable samples skipped, listed in {os.path.join(run_dir, PROBLEMS_FILE)}; "
+             f"first: {problems[0]}")
 
 
 def check_compatible(synthetic: Geometry, real: Geometry) -> None:

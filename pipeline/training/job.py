@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from pipeline import console
 from pipeline.devices import pick_device
 from pipeline.errors import UserError
 from pipeline.files import write_json
@@ -21,6 +22,7 @@ from pipeline.training.step import refiner_spec
 from pipeline.training.task import extract_labels
 
 REFINER_FILE = "refiner.safetensors"
+log = console.logger("pipeline.training")
 
 
 class RefinerRefused(UserError):
@@ -51,7 +53,7 @@ def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str
             "fewer iterations; or, when the real images differ from the synthetic ones in what they "
             "show and not only in how they look, a simulator closer to them"
         )
-    print(f"selected the refiner of step {choice['step']}: {choice['reason']}", flush=True)
+    log.info(f"selected the refiner of step {choice['step']}: {choice['reason']}")
     return path
 
 

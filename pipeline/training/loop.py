@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from pipeline import console
 from pipeline.training import checkpoint as ckpt
 from pipeline.training.config import TrainConfig
 from pipeline.training.outputs import RunOutputs, write_grid
@@ -94,7 +95,7 @@ def run_local(
     if latest:
         ckpt.restore(state, latest, config)
         if echo:
-            print(f"resuming from {latest} (step {state.step})", flush=True)
+            console.logger("pipeline.training").info(f"resuming from {latest} (step {state.step})")
     if state.step >= config.total_steps:
         return latest
     outputs = RunOutputs(

@@ -1,4 +1,4 @@
-"""What a run shows and leaves behind besides checkpoints: terminal progress, metrics
+"""What a run shows and leaves behind besides checkpoints: progress (a bar or lines), metrics
 as JSON lines, sample grids (synthetic | refined | real) and the loss-curve plot."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import time
 import numpy as np
 import torch
 
-from pipeline import shards
+from pipeline import console, shards
 from pipeline.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 CURVES_FILE = "loss_curves.png"
 GRID_ROWS = 8
+log = console.logger("pipeline.training")
 
 
 class RunOutputs:
@@ -55,17 +56,18 @@ class RunOutputs:
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         step = metrics["step"] + 1
-        if self.echo and (step % self.log_every == 0 or step == self.total_steps):
-            if self.images_left is not None and self.images:
-                eta = self.images_left(step) / (self.images / elapsed)
-            else:
-                eta = elapsed / done * (self.total_steps - step)
-            losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss"))
-            print(
-                f"step {step}/{self.total_steps} [{metrics['phase']}] {losses} "
-                f"{record['images_per_s']:.0f} img/s ETA {_duration(eta)}",
-                flush=True,
-            )
+        if not self.echo:
+            return
+        if self.images_left is not None and self.images:
+            eta = self.images_left(step) / (self.images / elapsed)
+        else:
+            eta = elapsed / done * (self.total_steps - step)
+        losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss"))
+        rate = f"{record['images_per_s']:.0f} img/s"
+        # Every step moves a bar on an interactive terminal; every log_every-th is a line.
+        due = step % self.log_every == 0 or step == self.total_steps
+        log.info(f"step {step}/{self.total_steps} [{metrics['phase']}] {losses} {rate} ETA {_duration(eta)}",
+                 extra=console.tick(step, self.total_steps, "step", due, f"{metrics['phase']}, {rate}"))
 
 
 def _duration(seconds: float) -> str:

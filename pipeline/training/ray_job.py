@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 import torch
 
-from pipeline import reading, shards
+from pipeline import console, ray_lines, reading, shards
 from pipeline.errors import UserError
 from pipeline.ray_session import is_verbose, ray_session
 from pipeline.training import checkpoint as ckpt
@@ -33,6 +33,7 @@ from pipeline.training.task import extract_labels
 
 RAY_DIR = "ray"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+log = console.logger("pipeline.training")
 
 
 def _rows(item: dict, geometry: Geometry) -> list[dict]:
@@ -82,6 +83,11 @@ def _pool(dataset_shard) -> tuple[torch.Tensor, list[str], list[dict]]:
 
 
 def _worker(loop_config: dict) -> None:
+    with ray_lines.to_driver(*loop_config["lines"]):
+        _train(loop_config)
+
+
+def _train(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
@@ -100,7 +106,7 @@ def _worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as folder:
             ckpt.restore(state, os.path.join(folder, CHECKPOINT_FILE), config)
         if rank == 0:
-            print(f"resuming from step {state.step}", flush=True)
+            log.info(f"resuming from step {state.step}")
     run_dir = loop_config["run_dir"]
     outputs = (
         RunOutputs(run_dir, config.total_steps, state.step, config.log_every, True, functools.partial(images_left, config))
@@ -142,7 +148,7 @@ def run_ray(
 
     # Ray tasks run in other working directories: every path they get must be absolute.
     run_dir, synthetic_dir, real_dir = (os.path.abspath(p) for p in (run_dir, synthetic_dir, real_dir))
-    with ray_session(address) as started:
+    with ray_session(address) as started, ray_lines.from_workers() as lines:
         synthetic, geometry = image_dataset(synthetic_dir, "synthetic", run_dir)
         real, real_geometry = image_dataset(real_dir, "real", run_dir)
         check_compatible(geometry, real_geometry)
@@ -155,7 +161,7 @@ def run_ray(
             _worker,
             train_loop_config={
                 "config": config.to_dict(), "preset": preset, "run_dir": run_dir,
-                "threads": cpus, "stop_after": stop_after,
+                "threads": cpus, "stop_after": stop_after, "lines": lines,
             },
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
             run_config=RunConfig(

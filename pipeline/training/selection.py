@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline import console
 from pipeline.models import refine_array
 from pipeline.training import collapse, task
 from pipeline.training.config import TrainConfig
@@ -39,6 +40,7 @@ from pipeline.two_sample import two_sample_test
 SELECTION_FILE = "selection.jsonl"  # one scored candidate per line
 CHOICE_FILE = "selection.json"  # the verdict: which candidate, by which rule, and why
 CANDIDATES_DIR = "candidates"
+log = console.logger("pipeline.training")
 MAX_HELD_OUT = 1000
 MIN_HELD_OUT = 10  # the two-sample test needs at least 10 images per side
 # Steps of each fresh two-sample classifier, whatever the number of held-out images.
@@ -167,11 +169,11 @@ class Selector:
             handle.write(json.dumps(record) + "\n")
         if self.echo:
             consistency = record.get("label_consistency")
-            print(f"candidate at step {step}: two-sample confidence {record['confidence']:.3f} "
+            log.info(f"candidate at step {step}: two-sample confidence {record['confidence']:.3f} "
                   f"(raw {record['raw_confidence']:.3f}), "
                   f"contrast {record['refined_contrast']:.3f}, "
                   + (f"label consistency {consistency:.3f}, " if consistency is not None else "")
-                  + ("passes" if record["passed"] else "fails: " + "; ".join(record["failed"])), flush=True)
+                  + ("passes" if record["passed"] else "fails: " + "; ".join(record["failed"])))
         return record
 
 
