@@ -54,6 +54,9 @@ def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str
             "show and not only in how they look, a simulator closer to them"
         )
     log.info(f"selected the refiner of step {choice['step']}: {choice['reason']}")
+    if refiner.tone is not None:
+        curves = ", ".join(f"{t[0]:.2f}..{t[-1]:.2f}" for t in refiner.tone.table.tolist())
+        log.info(f"its tone curve, fitted to the real images, maps black..white to {curves}")
     return path
 
 
