@@ -8,8 +8,8 @@ same result.
 
 The tar headers say which shards share a key without reading member data; nearly always
 none do. A sample that is not ok (undecodable, wrong geometry, bad labels) does not
-claim its key, so where a key is shared, its earlier occurrences are read (those samples
-only) until one is ok.
+claim its key, so where a key is shared, the shards holding its earlier occurrences are
+read, and those samples alone decoded, until one is ok.
 """
 
 from __future__ import annotations
