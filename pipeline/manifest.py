@@ -13,6 +13,7 @@ import json
 import os
 import stat
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable
 
 import pandas as pd
@@ -31,6 +32,8 @@ LABEL_PREFIX = "label."
 DATASET_MANIFEST = "manifest.parquet"
 SUMMARY = "summary.json"
 STATS_SUFFIX = "_stats.json"
+# Shard manifests read at once when a folder's are gathered.
+READ_THREADS = 8
 
 GEOMETRY_COLUMNS = ("height", "width", "channels", "bit_depth")
 # Fixed columns, in order; label columns follow, sorted.
@@ -178,20 +181,15 @@ def commit_shard(
     shard: str,
     rows: list[dict],
     extra: dict | None = None,
-    tables: dict[str, pa.Table] | None = None,
     record_manifest: bool = False,
 ) -> dict:
     """Write a shard's manifest, then its stats file: the marker that the shard is done.
 
-    With `tables`, the manifest table is also kept there (by shard name), so the dataset
-    manifest need not read it back: with thousands of tiny shards that re-reading was
-    a large part of the run. With `record_manifest`, the marker holds the manifest
-    file's size and sha256 under "manifest".
+    With `record_manifest`, the marker holds the manifest file's size and sha256 under
+    "manifest".
     """
     path = manifest_path(folder, shard)
-    table = write_manifest(path, rows)
-    if tables is not None:
-        tables[os.path.basename(shard)] = table
+    write_manifest(path, rows)
     if record_manifest:
         extra = {**(extra or {}), "manifest": file_record(path)}
     stats = {
@@ -235,7 +233,6 @@ def write_dataset_manifest(
     folder: str,
     extra_summary: dict | None = None,
     shards: list[str] | None = None,
-    tables: dict[str, pa.Table] | None = None,
     show_problems: int = 0,
 ) -> dict:
     """Gather the shard manifests into `manifest.parquet` and write `summary.json`.
@@ -245,14 +242,15 @@ def write_dataset_manifest(
 
     `shards`: the shard names whose manifests to gather (default: every `*.parquet` in
     `folder`); a job passes its own, so files it did not write are never counted.
-    `tables`: manifests already in memory, by shard name; the others are read.
     """
     if shards is None:
-        paths = {path: path for path in shard_manifest_paths(folder)}
+        paths = shard_manifest_paths(folder)
     else:
-        paths = {shard: manifest_path(folder, shard) for shard in shards}
-    kept = tables or {}
-    tables = [kept[name] if name in kept else pq.read_table(path) for name, path in paths.items()]
+        paths = [manifest_path(folder, shard) for shard in shards]
+    # Read a few at a time: with thousands of tiny shards the per-file cost (opening,
+    # footer, and on object storage a round trip) is most of it, and waits, not work.
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        tables = list(pool.map(pq.read_table, paths))
     if tables:
         table = pa.concat_tables(tables, promote_options="permissive")
     else:

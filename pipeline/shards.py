@@ -624,10 +624,10 @@ def iter_shard(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[RawSample
         yield Problem(shard, None, EMPTY_SHARD, "shard holds no samples")
 
 
-def iter_label_members(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) of the label members of a shard, read within `limits`, passing over
-    everything else (image data is seeked over, not read). Stops quietly at anything the
-    full reader (`iter_shard`) would report: this is for cheap dataset-wide checks."""
+def _member_headers(path: str, limits: Limits) -> Iterator[tuple[str, str, tarfile.TarInfo, tarfile.TarFile]]:
+    """(key, extension, header, open tar) of each member of a shard, from its headers
+    alone: member data is seeked over, not read. Stops quietly at anything the full
+    reader (`iter_shard`) would report; this is for cheap dataset-wide passes."""
     try:
         stream = _open_regular(path)
     except OSError:
@@ -648,10 +648,24 @@ def iter_label_members(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[t
                 if "." in ext:
                     stem, ext = ext.rsplit(".", 1)
                     key = f"{key}.{stem}"
-                if ext == LABEL_EXT and info.isreg() and info.size <= min(limits.label_bytes, limits.member_bytes):
-                    yield key, tar.extractfile(info).read()
+                yield key, ext, info, tar
         except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError):
             return
+
+
+def iter_label_members(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[str, bytes]]:
+    """(key, bytes) of the label members of a shard, read within `limits`, passing over
+    everything else (image data is seeked over, not read)."""
+    for key, ext, info, tar in _member_headers(path, limits):
+        if ext == LABEL_EXT and info.isreg() and info.size <= min(limits.label_bytes, limits.member_bytes):
+            yield key, tar.extractfile(info).read()
+
+
+def member_keys(path: str, limits: Limits = DEFAULT_LIMITS) -> set[str]:
+    """Every key a member of the shard at `path` is stored under, from the tar headers
+    alone. It holds the key of every sample `iter_shard` yields (and of some it reports
+    as problems): enough to tell which shards share keys without reading member data."""
+    return {key for key, _, info, _ in _member_headers(path, limits) if not info.isdir()}
 
 
 # A label's kind, as the manifests store it: a column holds one kind across the dataset.

@@ -1,11 +1,14 @@
 """`refine-dataset`: stream input shards through refiner actors with Ray Data.
 
-Stages: read + decode (CPU tasks, each over a group of consecutive shards) -> refine
-(an actor pool; each actor loads the refiner once) -> PNG encode (CPU tasks) -> the
-driver, which commits each output shard (tar, Parquet manifest, then the stats file
-that marks it done). Output tars are written here rather than with
-`Dataset.write_webdataset`, whose file names are random per run; one output shard per
-input shard, same name, makes reruns idempotent and manifests diffable.
+Stages: read + decode (CPU tasks, each over a group of consecutive whole shards) ->
+refine (an actor pool; each actor loads the refiner once) -> write (CPU tasks: PNG
+encode, then each output shard's tar, Parquet manifest and, last, the stats file that
+marks it done). Blocks hold whole shards from read to write, and cross-shard duplicate
+keys are decided before the run from the tar headers, so any task may write any shard
+in any order with the same bytes; the driver only counts the stats each shard sends
+back. Output tars are written here rather than with `Dataset.write_webdataset`, whose
+file names are random per run; one output shard per input shard, same name, makes
+reruns idempotent and manifests diffable.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ from pipeline import manifest, shards
 from pipeline.data.validate import check_dataset
 from pipeline.errors import UserError
 from pipeline.ray_session import ray_session
+from pipeline.refine.duplicates import plan_duplicates
 from pipeline.refine.progress import Progress, log, summary_text
-from pipeline.refine.read import file_size, group_shards, probe_geometry, read_shards
+from pipeline.refine.read import file_size, group_shards, ok_keys, probe_geometry, read_shards
 from pipeline.refine.stage import RefineStage
-from pipeline.refine.write import ShardWriter, encode_batch
+from pipeline.refine.write import write_shards
 from pipeline.refiner_file import check_fits, load_refiner
 
-# Read and encode tasks ask for half a CPU each, so on a 2-CPU node with one refiner
+# Read and write tasks ask for half a CPU each, so on a 2-CPU node with one refiner
 # actor holding a CPU both can still run. Actors that hold every CPU starve the read
-# tasks and the pipeline hangs (seen with 2 actors on 2 CPUs).
+# tasks and the pipeline hangs (seen with 2 actors on 2 CPUs). Asking for other
+# resources than the actors also keeps Ray from fusing the read into the actor stage,
+# which would decode on the actors' (a GPU actor's) CPU.
 LIGHT_TASK_CPUS = 0.5
 # Shards are read in groups of about this many tar bytes (fewer when the data set is small,
 # so every CPU still gets a read task): one Ray task and one block per tiny shard cost
@@ -39,9 +45,25 @@ READ_GROUP_BYTES = 16 * 1024 * 1024
 SHOWN_PROBLEMS = 10
 
 
-def _read_batch(batch: dict[str, np.ndarray], geometry, limits, block_rows):
+def _read_batch(batch: dict[str, np.ndarray], geometry, limits):
     (paths,) = batch["paths"]
-    yield from read_shards(json.loads(str(paths)), geometry, limits, block_rows)
+    yield from read_shards(json.loads(str(paths)), geometry, limits)
+
+
+def _header_keys(paths: list[str], limits) -> dict[str, list[str]]:
+    return {path: sorted(shards.member_keys(path, limits)) for path in paths}
+
+
+def _member_keys(paths: list[str], groups: list[list[str]], limits) -> list[set[str]]:
+    """The keys each shard's tar headers name, in the order of `paths`; one light task
+    per read group."""
+    import ray
+
+    task = ray.remote(num_cpus=LIGHT_TASK_CPUS)(_header_keys)
+    found: dict[str, list[str]] = {}
+    for part in ray.get([task.remote(group, limits) for group in groups]):
+        found.update(part)
+    return [set(found[path]) for path in paths]
 
 
 def _stats(out_dir: str, shard: str) -> dict | None:
@@ -191,15 +213,14 @@ def refine_dataset(
     progress = Progress(len(paths), len(committed))
     for name, reason in redone.items():
         log.info(f"refine: redoing {name}: {reason}")
-    writer = ShardWriter(out_dir, info.content_hash, _committed_keys(out_dir, committed), progress.update)
     if todo:
-        _run_pipeline(todo, writer, refiner_path, expected, batch_size, address, device, limits)
+        writing = {"out_dir": out_dir, "refiner_hash": info.content_hash}
+        _run_pipeline(todo, writing, _committed_keys(out_dir, committed), progress.update, refiner_path, expected, batch_size, address, device, limits)
 
     wall = time.perf_counter() - start
     summary = manifest.write_dataset_manifest(
         out_dir,
         shards=names,
-        tables=writer.tables,
         show_problems=SHOWN_PROBLEMS,
         extra_summary={
             "out_dir": out_dir,
@@ -217,29 +238,39 @@ def refine_dataset(
     return summary
 
 
-def _run_pipeline(todo, writer, refiner_path, geometry, batch_size, address, device, limits) -> None:
+def _run_pipeline(
+    todo, writing, committed_keys, on_commit, refiner_path, geometry, batch_size, address, device, limits
+) -> None:
     # The session (and Ray itself) only starts here, so the stage and the diff work without Ray.
     with ray_session(address):
-        _stream(todo, writer, refiner_path, geometry, batch_size, device, limits)
+        _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, batch_size, device, limits)
 
 
-def _stream(todo, writer, refiner_path, geometry, batch_size, device, limits) -> None:
+def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, batch_size, device, limits) -> None:
     import ray  # imported here so the stage and the diff work without Ray installed
 
     context = ray.data.DataContext.get_current()
-    saved = context.execution_options.preserve_order
+    saved = context.target_max_block_size
     try:
-        # In-order output makes "first occurrence of a key wins" and batch composition,
-        # hence every output byte, the same on every run.
-        context.execution_options.preserve_order = True
+        # No size target: each task's output stays one block, never sliced, so a block
+        # holds whole shards from the read task to the write task (which refuses one
+        # that does not). A block is then as large as a read group.
+        context.target_max_block_size = None
         plan = plan_resources(ray.cluster_resources(), device)
         total = sum(file_size(p) for p in todo)
         target = min(READ_GROUP_BYTES, max(1, total // (4 * max(1, int(ray.cluster_resources().get("CPU", 1))))))
         groups = group_shards(todo, target)
+        # Decided before any refinement, so each write task knows its shards' duplicates.
+        duplicates = plan_duplicates(
+            todo,
+            _member_keys(todo, groups, limits),
+            committed_keys,
+            lambda path, keys: ok_keys(path, keys, geometry, limits),
+        )
         ds = ray.data.from_items([{"paths": json.dumps(g)} for g in groups], override_num_blocks=len(groups))
         ds = ds.map_batches(
             _read_batch,
-            fn_kwargs={"geometry": geometry, "limits": limits, "block_rows": batch_size},
+            fn_kwargs={"geometry": geometry, "limits": limits},
             batch_size=1,
             batch_format="numpy",
             num_cpus=LIGHT_TASK_CPUS,
@@ -253,15 +284,26 @@ def _stream(todo, writer, refiner_path, geometry, batch_size, device, limits) ->
                 "threads": plan["threads"],
             },
             compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
-            batch_size=batch_size,
+            batch_size=None,  # a whole block: the stage chunks each shard by batch_size itself
             batch_format="numpy",
             num_cpus=plan["num_cpus"],
             num_gpus=plan["num_gpus"],
         )
-        ds = ds.map_batches(encode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=LIGHT_TASK_CPUS)
+        ds = ds.map_batches(
+            write_shards,
+            fn_kwargs={**writing, "duplicates": duplicates},
+            batch_size=None,
+            batch_format="numpy",
+            num_cpus=LIGHT_TASK_CPUS,
+        )
+        done = set()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            writer.add_batch(batch)
-        if writer.unfinished():
-            raise RuntimeError(f"shards left incomplete by the pipeline: {writer.unfinished()}")
+            for text in batch["stats"]:
+                stats = json.loads(text)
+                done.add(stats["shard"])
+                on_commit(stats)
+        missing = sorted({os.path.basename(p) for p in todo} - done)
+        if missing:
+            raise RuntimeError(f"shards left uncommitted by the pipeline: {missing}")
     finally:
-        context.execution_options.preserve_order = saved
+        context.target_max_block_size = saved

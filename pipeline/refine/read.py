@@ -1,9 +1,10 @@
 """Read input shards into columns: decoded images plus a record of every sample.
 
-Runs as Ray Data CPU tasks, each reading a group of consecutive shards. Every input sample becomes a row, good
-or bad; problems found in the tar (unreadable, truncated, empty) become rows without a
-key. Rows that cannot be refined carry a zero image of the refiner's geometry so the
-image column keeps one fixed shape (it is never written out).
+Runs as Ray Data CPU tasks, each reading a group of consecutive whole shards. Every
+input sample becomes a row, good or bad; problems found in the tar (unreadable,
+truncated, empty) become rows without a key. Rows that cannot be refined carry a zero
+image of the refiner's geometry so the image column keeps one fixed shape (it is never
+written out).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def read_shard(path: str, geometry: Geometry, limits: shards.Limits = shards.DEF
         elif raw is None:
             add(item.key, item.kind, item.message)  # found in the tar: there is no sample to describe
         else:
-            # Labels over the limit are not carried on (to the driver, with the row):
+            # Labels over the limit are not carried on (to the write task, with the row):
             # they could never be stored, and they can be as large as a member.
             labels = raw.label_bytes if len(raw.label_bytes) <= limits.label_bytes else b""
             add(item.key, item.kind, item.message, found, labels, raw.image_bytes)
@@ -81,35 +82,27 @@ def read_shard(path: str, geometry: Geometry, limits: shards.Limits = shards.DEF
     # What was read, for the commit marker: a resumed run redoes the shard if it changed.
     columns["shard_file"] = np.full(len(rows), json.dumps(source, sort_keys=True), dtype=object)
     columns["index"] = np.arange(len(rows), dtype=np.int64)
-    # Lets the writer know when it holds every row of this shard, in any arrival order.
+    # Lets the write task check that its block holds the whole shard.
     columns["shard_rows"] = np.full(len(rows), len(rows), dtype=np.int64)
     columns["image"] = np.stack(images)
     return columns
 
 
-def read_shards(
-    paths: list[str], geometry: Geometry, limits: shards.Limits, block_rows: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """Rows of consecutive shards, as blocks of at least `block_rows` rows (the last may
-    be smaller); a shard's rows may span blocks. Reading many tiny shards in one task,
-    into blocks of a useful size, is what keeps their cost near that of a few large ones:
-    Ray's per-task and per-block costs are paid per group, not per shard."""
-    parts: list[dict[str, np.ndarray]] = []
-    rows = 0
+def read_shards(paths: list[str], geometry: Geometry, limits: shards.Limits) -> Iterator[dict[str, np.ndarray]]:
+    """Rows of consecutive shards, one shard per yielded part; the job has Ray keep a
+    task's output as one block, so a block holds whole shards. Reading many tiny shards
+    in one task is what keeps their cost near that of a few large ones: Ray's per-task
+    and per-block costs are paid per group, not per shard."""
     for path in paths:
-        parts.append(read_shard(path, geometry, limits))
-        rows += len(parts[-1]["key"])
-        if rows >= block_rows:
-            yield _concat(parts)
-            parts, rows = [], 0
-    if parts:
-        yield _concat(parts)
+        yield read_shard(path, geometry, limits)
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+def ok_keys(path: str, keys: set[str], geometry: Geometry, limits: shards.Limits = shards.DEFAULT_LIMITS) -> set[str]:
+    """The keys among `keys` whose samples in the shard at `path` `read_shard` finds ok:
+    the same stages, with only those samples decoded."""
+    items = (item for item in reading.stored([path], limits) if item.key in keys)
+    items = reading.check_geometry(reading.decode(items, limits), geometry, REFINER_INPUT)
+    return {item.key for item in items if isinstance(item, shards.Sample)}
 
 
 def file_size(path: str) -> int:

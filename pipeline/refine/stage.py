@@ -75,15 +75,22 @@ class RefineStage:
         return (RefineStage, (self.refiner_path, self.requested_device, self.batch_size, self.threads))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Refine `batch["image"]` where `batch["status"]` is ok; other rows pass through."""
+        """Refine `batch["image"]` where `batch["status"]` is ok; other rows pass through.
+
+        With a "shard" column, each shard's rows are refined apart, in chunks counted
+        from the shard's first row: which images share a forward pass then depends on
+        the shard alone, not on how shards were grouped into batches or spread over
+        workers, and neither do the output bytes.
+        """
         images = batch["image"]
         ok = np.asarray(batch["status"]) == OK
-        if ok.all():
-            refined = self.refine_images(images)
-        else:
-            refined = images.copy()
-            if ok.any():
-                refined[ok] = self.refine_images(images[ok])
+        refined = images.copy()
+        for start, stop in _runs(batch.get("shard"), len(images)):
+            part, wanted = refined[start:stop], ok[start:stop]
+            if wanted.all():
+                part[...] = self.refine_images(part)
+            elif wanted.any():
+                part[wanted] = self.refine_images(part[wanted])
         return {**batch, "image": refined}
 
     def refine_images(self, images: np.ndarray) -> np.ndarray:
@@ -129,3 +136,12 @@ class RefineStage:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return self.refiner(x).float()
         return self.refiner(x)
+
+
+def _runs(shard_names: np.ndarray | None, length: int) -> list[tuple[int, int]]:
+    """(start, stop) of each run of rows of one shard; the whole batch when unnamed."""
+    if shard_names is None or length == 0:
+        return [(0, length)]
+    names = np.asarray(shard_names)
+    starts = [0, *(np.flatnonzero(names[1:] != names[:-1]) + 1).tolist()]
+    return list(zip(starts, [*starts[1:], length]))

@@ -1,15 +1,17 @@
-"""Encode refined images and commit output shards: tar, manifest, then the stats marker.
+"""Commit output shards: tar, manifest, then the stats marker.
 
-`encode_batch` runs as a Ray Data CPU task. `ShardWriter` runs in the driver: it gathers
-each shard's rows (they may arrive in several batches), records keys already seen in an
-earlier shard as duplicates, and commits the shard once it holds all of its rows.
+`write_shards` runs as a Ray Data CPU task on a block of whole refined shards: it encodes
+the PNGs, records the duplicates decided before the run (`duplicates.plan_duplicates`),
+commits each shard and hands back only its stats. Every shard is written by one task
+from its own rows and that plan, so the bytes do not depend on which task writes it or
+when.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from typing import Iterator
 
 import numpy as np
 
@@ -17,20 +19,8 @@ from pipeline import manifest, shards
 from pipeline.reading import Geometry
 
 
-def encode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """PNG bytes and their sha256 for refined rows; the image column is dropped."""
-    images, status = batch.pop("image"), batch["status"]
-    pngs = np.empty(len(status), dtype=object)
-    hashes = np.empty(len(status), dtype=object)
-    for i in range(len(status)):
-        if status[i] == manifest.OK:
-            pngs[i] = shards.encode_png(images[i])
-            hashes[i] = manifest.sha256(pngs[i])
-        else:
-            pngs[i], hashes[i] = b"", ""
-    batch["output_png"] = pngs
-    batch["output_sha256"] = hashes
-    return batch
+def duplicate_error(first: str) -> str:
+    return f"key already used in shard {first}; the first occurrence was kept"
 
 
 def _manifest_row(row: dict, refiner_hash: str) -> dict:
@@ -46,8 +36,7 @@ def _manifest_row(row: dict, refiner_hash: str) -> dict:
     geometry = None
     if row["height"] >= 0:
         geometry = Geometry(**{name: int(row[name]) for name in manifest.GEOMETRY_COLUMNS})
-    # Hashes were taken where the bytes were (read and encode tasks); the driver never
-    # receives the input images.
+    # Hashes were taken where the bytes were (read and write tasks).
     return manifest.make_row(
         row["key"] or None,
         row["shard"],
@@ -62,59 +51,60 @@ def _manifest_row(row: dict, refiner_hash: str) -> dict:
     )
 
 
-class ShardWriter:
-    """Commits shards into `out_dir` as their rows complete.
+def _shards(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int, int]]:
+    """(shard, start, stop) of each shard's rows; refuses a shard split between blocks,
+    which would commit it with rows missing."""
+    names, index, total = batch["shard"], batch["index"], batch["shard_rows"]
+    start = 0
+    while start < len(names):
+        stop = start + int(total[start])
+        if stop > len(names) or names[stop - 1] != names[start] or list(index[start:stop]) != list(range(stop - start)):
+            raise RuntimeError(f"shard {names[start]} reached a write task incomplete: its rows were split between blocks")
+        yield str(names[start]), start, stop
+        start = stop
 
-    `seen_keys` maps keys committed earlier (in this or a previous run) to their shard;
-    shards must be fed in input order for "first occurrence wins" to be deterministic.
+
+def commit_shard(out_dir: str, shard: str, rows: list[dict], images: np.ndarray, refiner_hash: str,
+                 duplicates: dict[str, str]) -> dict:
+    """Write one shard from its rows in input order and refined images; its stats back.
+
+    `duplicates`: key -> the shard that keeps it, for this shard's keys used earlier.
     """
+    members = []
+    for row, image in zip(rows, images):
+        row["output_sha256"] = ""
+        if not row["key"] or row["status"] != manifest.OK:
+            continue
+        first = duplicates.get(row["key"])
+        if first is not None:
+            row["status"] = shards.DUPLICATE_KEY
+            row["error"] = duplicate_error(first)
+            continue
+        png = shards.encode_png(image)
+        row["output_sha256"] = manifest.sha256(png)
+        members.append((row["key"], {shards.IMAGE_EXT: png, shards.LABEL_EXT: row["label_bytes"]}))
+    tar_path = os.path.join(out_dir, shard)
+    shards.write_shard(tar_path, members)
+    return manifest.commit_shard(
+        out_dir,
+        shard,
+        [_manifest_row(row, refiner_hash) for row in rows],
+        extra={
+            "refiner_hash": refiner_hash,
+            "input": json.loads(rows[0]["shard_file"]),
+            "output": manifest.file_record(tar_path),
+        },
+        record_manifest=True,
+    )
 
-    def __init__(self, out_dir: str, refiner_hash: str, seen_keys: dict[str, str], on_commit: Callable[[dict], None]):
-        self.out_dir = out_dir
-        self.refiner_hash = refiner_hash
-        self.seen_keys = seen_keys
-        self.on_commit = on_commit
-        self.pending: dict[str, list[dict]] = {}
-        self.tables: dict = {}  # manifests committed by this writer, by shard name
 
-    def add_batch(self, batch: dict[str, np.ndarray]) -> None:
-        names = list(batch)
-        for values in zip(*(batch[name] for name in names)):
-            row = dict(zip(names, values))
-            rows = self.pending.setdefault(row["shard"], [])
-            rows.append(row)
-            if len(rows) == row["shard_rows"]:
-                self.commit(row["shard"], sorted(self.pending.pop(row["shard"]), key=lambda r: r["index"]))
-
-    def unfinished(self) -> list[str]:
-        return sorted(self.pending)
-
-    def commit(self, shard: str, rows: list[dict]) -> dict:
-        members = []
-        for row in rows:
-            key = row["key"]
-            if key and row["status"] == manifest.OK:
-                first = self.seen_keys.get(key)
-                if first is not None:
-                    row["status"] = shards.DUPLICATE_KEY
-                    row["error"] = f"key already used in shard {first}; the first occurrence was kept"
-                    row["output_sha256"] = ""
-                    continue
-                self.seen_keys[key] = shard
-                members.append((key, {shards.IMAGE_EXT: row["output_png"], shards.LABEL_EXT: row["label_bytes"]}))
-        tar_path = os.path.join(self.out_dir, shard)
-        shards.write_shard(tar_path, members)
-        stats = manifest.commit_shard(
-            self.out_dir,
-            shard,
-            [_manifest_row(row, self.refiner_hash) for row in rows],
-            extra={
-                "refiner_hash": self.refiner_hash,
-                "input": json.loads(rows[0]["shard_file"]),
-                "output": manifest.file_record(tar_path),
-            },
-            tables=self.tables,
-            record_manifest=True,
-        )
-        self.on_commit(stats)
-        return stats
+def write_shards(batch: dict[str, np.ndarray], out_dir: str, refiner_hash: str,
+                 duplicates: dict[str, dict[str, str]]) -> dict[str, np.ndarray]:
+    """Commit every shard in `batch` (whole shards); one row of stats (JSON) per shard."""
+    images = batch.pop("image")
+    names = list(batch)
+    stats = []
+    for shard, start, stop in _shards(batch):
+        rows = [{name: batch[name][i] for name in names} for i in range(start, stop)]
+        stats.append(commit_shard(out_dir, shard, rows, images[start:stop], refiner_hash, duplicates.get(shard, {})))
+    return {"stats": np.array([json.dumps(s) for s in stats], dtype=object)}
