@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from pipeline.errors import UserError
-from pipeline.models import Deformation, Discriminator, Refiner, RefinerSpec, ToneMap, discriminator_preset, image_noise
+from pipeline.models import (
+    Deformation, Discriminator, Refiner, RefinerSpec, StrokeWidth, ToneMap, discriminator_preset, image_noise,
+)
 from pipeline.refiner_file import load_refiner, save_refiner
 from pipeline.training import losses, task
-from pipeline.training.tone import fit_tone_table
+from pipeline.training.tone import fit_stroke_width, fit_tone_table
 from pipeline.training.step import build_state, train_step
 from helpers.train import pools, tiny_config
 
@@ -146,6 +148,34 @@ def test_the_tone_curve_is_fitted_to_the_real_extremes_and_picks_the_polarity():
     assert direction == "rising" and table[0, 0] < 0.02 and table[0, -1] > 0.98
 
 
+def _fitted_stroke(synthetic, real):
+    stroke = StrokeWidth()
+    for name, value in fit_stroke_width(synthetic, real).items():
+        getattr(stroke, name).copy_(value)
+    return stroke
+
+
+@pytest.mark.parametrize("real_pen, real_look", [
+    (5, lambda x: x),  # a broader pen
+    (1, lambda x: x),  # a finer pen
+    (5, lambda x: 1 - (0.35 + 0.3 * x)),  # a broader pen, faded, dark on light
+])
+@pytest.mark.parametrize("synthetic_look", [lambda x: x, lambda x: 1 - x], ids=["light-ink", "dark-ink"])
+def test_the_stroke_width_curve_gives_synthetic_strokes_the_real_pen(real_pen, real_look, synthetic_look):
+    synthetic = synthetic_look(_strokes(width=3))
+    assert torch.equal(StrokeWidth()(synthetic), synthetic)  # the identity until fitted
+    stroke = _fitted_stroke(synthetic, real_look(_strokes(width=real_pen, seed=1)))
+    # Widths on the simulator's own scale: what its strokes would measure with the real pen.
+    wanted = stroke.widths(synthetic_look(_strokes(width=real_pen, seed=2))).median()
+    before = stroke.widths(synthetic).median()
+    adjusted = stroke(synthetic)
+    after = stroke.widths(adjusted).median()
+    assert abs(after - wanted) < 0.35 * abs(before - wanted)
+    # Paper stays paper and ink stays in the rendering's range.
+    assert adjusted.min() >= synthetic.min() and adjusted.max() <= synthetic.max()
+    assert torch.equal(adjusted[..., :, :1], synthetic[..., :, :1])
+
+
 def test_with_a_tone_curve_the_refiner_is_regularised_towards_the_tone_mapped_input():
     synthetic = _strokes(64)
     faded = 0.35 + 0.3 * _strokes(64, seed=1)
@@ -183,18 +213,20 @@ def test_image_noise_depends_only_on_the_image_and_feeds_the_refiner():
     assert (out[0, 0, 4:8, 4:8] - out[1, 0, 4:8, 4:8]).abs().mean() > 0.01
 
 
-def test_the_tone_curve_and_noise_travel_in_the_refiner_file(tmp_path):
-    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True))
+def test_the_tone_curve_stroke_width_and_noise_travel_in_the_refiner_file(tmp_path):
+    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True, stroke=True))
     with torch.no_grad():
         refiner.tone.table.copy_(0.2 + 0.5 * torch.linspace(0, 1, ToneMap.LEVELS)[None])
+        refiner.stroke.target.add_(1.0)  # every stroke a pixel wider
     path = str(tmp_path / "refiner.safetensors")
     save_refiner(path, refiner, "digits", 16, 16)
     loaded, info = load_refiner(path)
-    assert info.spec.tone_map and info.spec.noise
+    assert info.spec.tone_map and info.spec.noise and info.spec.stroke
     x = _strokes(4)
     with torch.no_grad():
         assert torch.allclose(loaded(x), refiner.eval()(x))
         assert loaded.tone(x).min() >= 0.19
+        assert loaded.stroke(x).sum() > x.sum() * 1.2
 
 
 @pytest.mark.parametrize("bad, message", [

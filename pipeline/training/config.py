@@ -79,6 +79,9 @@ class TrainConfig:
     # A tone curve fitted to the real images (pipeline.training.tone) before the refiner:
     # global changes of tone (grey paper, faded ink, polarity) without an L1 cost.
     tone_map: bool = False
+    # A stroke-width curve fitted to the real images (pipeline.training.tone) before the
+    # tone curve: a broader or finer pen than the simulator's, without an L1 cost.
+    stroke_width: bool = False
     # A noise channel into the refiner (pipeline.models.image_noise) for real images with
     # sensor grain.
     refiner_noise: bool = False
@@ -118,6 +121,7 @@ PRESETS: dict[str, dict] = {
         # won and the refiner collapsed: score often enough to catch them.
         "select_every": 25,
         "tone_map": True,
+        "stroke_width": True,
     },
     # CPU demo on 35x55 eyes.
     "eyes": {"model": "eyes", "label": "gaze"},

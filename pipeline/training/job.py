@@ -10,7 +10,7 @@ from pipeline import console
 from pipeline.devices import pick_device
 from pipeline.errors import UserError
 from pipeline.files import write_json
-from pipeline.models import Refiner
+from pipeline.models import Refiner, StrokeWidth
 from pipeline.refiner_file import save_refiner
 from pipeline.training import selection
 from pipeline.training.config import TrainConfig, make_config, save_config
@@ -57,6 +57,10 @@ def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str
     if refiner.tone is not None:
         curves = ", ".join(f"{t[0]:.2f}..{t[-1]:.2f}" for t in refiner.tone.table.tolist())
         log.info(f"its tone curve, fitted to the real images, maps black..white to {curves}")
+    if refiner.stroke is not None:
+        middle = StrokeWidth.QUANTILES // 2
+        log.info(f"its stroke-width curve, fitted to the real images, takes the median stroke from "
+                 f"{refiner.stroke.source[middle]:.2f} to {refiner.stroke.target[middle]:.2f} px")
     return path
 
 

@@ -1,4 +1,5 @@
-"""Fitting the refiner's tone curve (pipeline.models.ToneMap) to the real images.
+"""Fitting the refiner's fixed input changes to the real images: the stroke width
+(pipeline.models.StrokeWidth) and the tone curve (pipeline.models.ToneMap).
 
 The curve is the straight line that takes the synthetic images' darkest and brightest
 tones (their 1st and 99th percentiles, channel by channel) to the real images'. Matching
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.models import ToneMap
+from pipeline.models import StrokeWidth, ToneMap
 
 # Images and pixels per channel used for the fit: plenty for two percentiles.
 FIT_IMAGES = 2000
@@ -57,3 +58,29 @@ def fit_tone_table(synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.T
     distance = {name: (_apply(table, synthetic).mean(0) - mean_real).abs().mean().item() for name, table in lines.items()}
     direction = min(distance, key=distance.get)
     return lines[direction], direction
+
+
+
+def fit_stroke_width(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The buffers of pipeline.models.StrokeWidth fitted to the real images."""
+    synthetic = synthetic[:FIT_IMAGES].detach().float().cpu()
+    real = real[:FIT_IMAGES].detach().float().cpu()
+    low, high = _extremes(synthetic).mean(dim=0).tolist()
+    # Ink is the minority tone: on a light page, the dark extreme.
+    dark_ink = synthetic.mean().item() > (low + high) / 2
+    paper, ink = (high, low) if dark_ink else (low, high)
+    # The real page has the tone the synthetic page gets from the tone curve.
+    real_low, real_high = _extremes(real).mean(dim=0).tolist()
+    falling = fit_tone_table(synthetic, real)[1] == "falling"
+    real_paper, real_ink = (real_high, real_low) if dark_ink != falling else (real_low, real_high)
+    quantiles = torch.linspace(0, 1, StrokeWidth.QUANTILES)
+
+    def widths(images, paper, ink):
+        stroke = StrokeWidth()
+        stroke.tones.copy_(torch.tensor([paper, ink]))
+        return torch.quantile(stroke.widths(images), quantiles)
+
+    # Strictly increasing, so that the curve is a function of the width.
+    source = torch.cummax(widths(synthetic, paper, ink), 0).values + torch.arange(len(quantiles)) * 1e-4
+    return {"source": source, "target": widths(real, real_paper, real_ink),
+            "tones": torch.tensor([paper, ink])}
