@@ -15,6 +15,7 @@ from pipeline.errors import UserError
 from pipeline.commands.refine import refine
 from pipeline.refine import refine_dataset
 from pipeline.training.data import read_folder
+from pipeline.training.ray_job import image_dataset
 from helpers.refine import make_refiner, write_dataset
 from helpers.s3 import objects, upload_folder
 
@@ -113,12 +114,15 @@ def test_manifest_diff_compares_s3_and_local_manifests(runs, s3, tmp_path):
     assert drift.exit_code == 1 and "samples only in A: 3" in drift.output, drift.output
 
 
-def test_training_reads_the_same_images_from_s3(runs, s3):
+def test_training_reads_the_same_images_from_s3(runs, s3, tmp_path):
     _, bucket = s3
     root, _ = runs
     local, remote = read_folder(str(root / "in"), "synthetic"), read_folder(_uri(bucket, "runs/in"), "synthetic")
     assert remote.names == local.names and len(remote) == SHARDS * PER_SHARD
     assert np.array_equal(remote.images, local.images) and remote.labels == local.labels
+    # The Ray Train job's reader: Ray Data tasks, which need the AWS variables too.
+    dataset, geometry = image_dataset(_uri(bucket, "runs/in"), "synthetic", str(tmp_path))
+    assert sorted(dataset.to_pandas()["key"]) == local.names and geometry == local.geometry
 
 
 @pytest.mark.parametrize("flag", ["--in", "--out", "--refiner"])
