@@ -23,8 +23,8 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def s3():
-    """A local S3 server with one bucket, for the whole session: yields (boto3 client,
-    bucket name). The AWS variables are set for the session, as a user would set them;
+    """A local S3 server with one bucket, for the whole test run: yields (boto3 client,
+    bucket name). The AWS variables are set for the run, as a user would set them;
     a Ray started earlier does not have them, which is how the jobs are checked to pass
     them on to their tasks."""
     import boto3
