@@ -23,6 +23,9 @@ TEST_REQUIRES = [
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
     "selenium==4.38.0",
+    # A local S3 (moto_server) for the object-storage tests, and a client to fill it.
+    "moto[server]==5.2.5",
+    "boto3==1.44.8",
 ]
 
 

@@ -26,6 +26,10 @@ def atomic_write(path: str, data: bytes | str) -> None:
             handle.write(data)
 
 
-def write_json(path: str, data: dict) -> None:
+def json_text(data: dict) -> str:
     """`data` as indented JSON with sorted keys and a final newline."""
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(path: str, data: dict) -> None:
+    atomic_write(path, json_text(data))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable
@@ -21,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
-from pipeline.files import replacing, write_json
+from pipeline import storage
+from pipeline.files import json_text
 from pipeline.version import __version__
 
 if TYPE_CHECKING:
@@ -69,21 +69,17 @@ def sha256(data: bytes | None) -> str | None:
 
 def file_record(path: str, mtime: bool = False) -> dict | None:
     """Size and sha256 (and, with `mtime`, modification time in ns) of the regular file
-    at `path`, or None when there is none to read. Commit markers hold these so a
-    resumed run can tell a file that changed from one it wrote."""
+    or object at `path`, or None when there is none to read. Commit markers hold these
+    so a resumed run can tell a file that changed from one it wrote."""
     try:
-        # Non-blocking open: a FIFO put in place of a file must not hang the check.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        # A FIFO put in place of a file is refused, not waited on (`storage.open_input`).
+        handle, size, mtime_ns = storage.open_input(path)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        os.set_blocking(fd, True)
-        record = {"size": info.st_size, "sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
+    with handle:
+        record = {"size": size, "sha256": hashlib.file_digest(handle, "sha256").hexdigest()}
     if mtime:
-        record["mtime_ns"] = info.st_mtime_ns
+        record["mtime_ns"] = mtime_ns
     return record
 
 
@@ -152,10 +148,10 @@ def rows_to_table(rows: Iterable[dict]) -> pa.Table:
 
 
 def write_manifest(path: str, rows: Iterable[dict]) -> pa.Table:
-    """Write rows to Parquet atomically (temporary file, then rename); returns the table."""
+    """Write rows to Parquet, whole (`storage.writing`); returns the table."""
     table = rows_to_table(rows)
-    with replacing(path) as tmp:
-        pq.write_table(table, tmp)
+    with storage.writing(path) as stream:
+        pq.write_table(table, stream)
     return table
 
 
@@ -165,11 +161,11 @@ def shard_stem(shard_path: str) -> str:
 
 
 def stats_path(folder: str, shard: str) -> str:
-    return os.path.join(folder, shard_stem(shard) + STATS_SUFFIX)
+    return storage.join(folder, shard_stem(shard) + STATS_SUFFIX)
 
 
 def manifest_path(folder: str, shard: str) -> str:
-    return os.path.join(folder, shard_stem(shard) + ".parquet")
+    return storage.join(folder, shard_stem(shard) + ".parquet")
 
 
 def status_counts(rows: Iterable[dict]) -> dict[str, int]:
@@ -200,33 +196,29 @@ def commit_shard(
         "package_version": __version__,
         **(extra or {}),
     }
-    write_json(stats_path(folder, shard), stats)
+    storage.write_bytes(stats_path(folder, shard), json_text(stats))
     return stats
 
 
 def is_committed(folder: str, shard: str) -> bool:
-    return os.path.exists(stats_path(folder, shard)) and os.path.exists(manifest_path(folder, shard))
+    return storage.exists(stats_path(folder, shard)) and storage.exists(manifest_path(folder, shard))
 
 
 def shard_manifest_paths(folder: str) -> list[str]:
-    return sorted(
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if name.endswith(".parquet") and name != DATASET_MANIFEST
-    )
+    return [path for path in storage.list_files(folder, ".parquet") if os.path.basename(path) != DATASET_MANIFEST]
 
 
 def read_manifest(path: str) -> pd.DataFrame:
     """A manifest file, or a folder's manifests (its dataset manifest when present)."""
-    if os.path.isdir(path):
-        dataset = os.path.join(path, DATASET_MANIFEST)
-        if os.path.exists(dataset):
-            return pq.read_table(dataset).to_pandas()
-        parts = [pq.read_table(p).to_pandas() for p in shard_manifest_paths(path)]
+    if storage.is_folder(path):
+        dataset = storage.join(path, DATASET_MANIFEST)
+        if storage.exists(dataset):
+            return storage.read_table(dataset).to_pandas()
+        parts = [storage.read_table(p).to_pandas() for p in shard_manifest_paths(path)]
         if not parts:
             raise FileNotFoundError(f"no manifests (*.parquet) in {path}")
         return pd.concat(parts, ignore_index=True)
-    return pq.read_table(path).to_pandas()
+    return storage.read_table(path).to_pandas()
 
 
 def write_dataset_manifest(
@@ -250,14 +242,14 @@ def write_dataset_manifest(
     # Read a few at a time: with thousands of tiny shards the per-file cost (opening,
     # footer, and on object storage a round trip) is most of it, and waits, not work.
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        tables = list(pool.map(pq.read_table, paths))
+        tables = list(pool.map(storage.read_table, paths))
     if tables:
         table = pa.concat_tables(tables, promote_options="permissive")
     else:
         table = rows_to_table([])
     table = table.sort_by([("shard", "ascending"), ("key", "ascending")])
-    with replacing(os.path.join(folder, DATASET_MANIFEST)) as tmp:
-        pq.write_table(table, tmp)
+    with storage.writing(storage.join(folder, DATASET_MANIFEST)) as stream:
+        pq.write_table(table, stream)
     statuses = table.column("status").to_pylist()
     summary = {
         "shards": len(tables),
@@ -272,5 +264,5 @@ def write_dataset_manifest(
         columns = ["shard", "key", "status", "error"]
         bad = table.select(columns).filter(pa.compute.not_equal(table.column("status"), OK)).slice(0, show_problems)
         summary["problems_shown"] = bad.to_pylist()
-    write_json(os.path.join(folder, SUMMARY), summary)
+    storage.write_bytes(storage.join(folder, SUMMARY), json_text(summary))
     return summary

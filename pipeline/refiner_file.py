@@ -7,6 +7,7 @@ checked on load: a file that was altered is refused.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import safe_open, save_file
 
+from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.files import replacing
 from pipeline.models import OUTPUT_FORMS, Refiner, RefinerSpec
@@ -109,19 +111,28 @@ def save_refiner(
     return content_hash
 
 
+@contextlib.contextmanager
 def _open(path: str):
-    """The file opened with safe_open, after the checks safetensors itself does not make."""
+    """The file (local, or fetched from S3) opened with safe_open, after the checks
+    safetensors itself does not make."""
     if not path:
         raise RefinerFileError("no refiner file given (pass --refiner FILE; refinement never runs with random weights)")
-    if not os.path.isfile(path):
-        raise RefinerFileError(f"refiner file not found: {path}")
-    problem = header_problem(path)
-    if problem:
-        raise RefinerFileError(f"{path} is not a refiner file: it {problem}")
-    try:
-        return safe_open(path, framework="pt")
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a refiner"
-        raise RefinerFileError(f"{path} is not a safetensors refiner file: {exc}") from None
+    with contextlib.ExitStack() as stack:
+        try:
+            local = stack.enter_context(storage.local_copy(path))
+        except OSError:
+            local = None
+        if local is None or not os.path.isfile(local):
+            raise RefinerFileError(f"refiner file not found: {path}")
+        problem = header_problem(local)
+        if problem:
+            raise RefinerFileError(f"{path} is not a refiner file: it {problem}")
+        try:
+            handle = safe_open(local, framework="pt")
+        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a refiner"
+            raise RefinerFileError(f"{path} is not a safetensors refiner file: {exc}") from None
+        with handle:
+            yield handle
 
 
 def _whole_number(value: object) -> bool:

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import stat
 import tarfile
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.files import replacing
+from pipeline import storage
 
 IMAGE_EXT = "png"
 LABEL_EXT = "json"
@@ -342,11 +341,11 @@ def shard_name(prefix: str, index: int) -> str:
 def write_shard(path: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
     """Write `(key, {ext: bytes})` samples to one tar, deterministically; returns the count.
 
-    Written to a temporary name and renamed, so a killed writer never leaves a tar that
-    looks complete.
+    Written whole (`storage.writing`), so a killed writer never leaves a tar that looks
+    complete.
     """
     count = 0
-    with replacing(path) as tmp, open(tmp, "wb") as stream:
+    with storage.writing(path) as stream:
         with wds.TarWriter(stream, mtime=FIXED_MTIME, user="simgan", group="simgan", mode=0o444) as writer:
             for key, members in samples:
                 check_key(key)
@@ -356,36 +355,8 @@ def write_shard(path: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> i
 
 
 def list_shards(folder: str) -> list[str]:
-    """The `.tar` shards directly in `folder`, sorted by name."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"no such folder: {folder}")
-    return sorted(
-        os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".tar")
-    )
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def not_regular(path: str) -> str | None:
-    """Why `path` is not a readable regular file (links are followed), or None."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "a link to nothing" if os.path.islink(path) else "gone (deleted while listed)"
-    except OSError as exc:
-        return f"not readable ({exc.strerror})"
-    return None if stat.S_ISREG(mode) else _file_kind(mode)
+    """The `.tar` shards directly in `folder` (local, or an s3:// prefix), sorted by name."""
+    return storage.list_files(folder, ".tar")
 
 
 def require_shards(folder: str, role: str = "") -> list[str]:
@@ -400,7 +371,7 @@ def require_shards(folder: str, role: str = "") -> list[str]:
     if not paths:
         raise UserError(f"{what} {folder} holds no .tar shards")
     for path in paths:
-        why = not_regular(path)
+        why = storage.not_regular(path)
         if why:
             raise BadDataset(f"{what} {folder}: {os.path.basename(path)} is {why}, not a regular file; "
                              "only regular files are read (move it out of the folder)")
@@ -442,24 +413,6 @@ _COMPRESSION_MAGIC = {
 }
 
 
-def _open_regular(path: str):
-    """The file at `path` opened for reading, or OSError when it is not a regular file.
-
-    Opened non-blocking: a FIFO that appeared after the listing would otherwise block
-    here until some other process writes to it.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(f"{_file_kind(mode)}, not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 @dataclass
 class _MemberTrouble:
     kind: str
@@ -481,12 +434,11 @@ def _member_type(info: tarfile.TarInfo) -> str:
 def _tar_members(path: str, problems: list[Problem], limits: Limits) -> Iterator[tuple[str, bytes | _MemberTrouble]]:
     shard = os.path.basename(path)
     try:
-        stream = _open_regular(path)
+        stream, size, _ = storage.open_input(path)
     except OSError as exc:
         problems.append(Problem(shard, None, UNREADABLE_TAR, f"cannot open the shard: {exc.strerror or exc}"))
         return
     with stream:
-        size = os.fstat(stream.fileno()).st_size
         if size > limits.shard_bytes:
             problems.append(Problem(shard, None, SHARD_TOO_LARGE,
                                     f"shard is {size} bytes, over the limit of {limits.shard_bytes}; nothing was read"))
@@ -629,11 +581,10 @@ def _member_headers(path: str, limits: Limits) -> Iterator[tuple[str, str, tarfi
     alone: member data is seeked over, not read. Stops quietly at anything the full
     reader (`iter_shard`) would report; this is for cheap dataset-wide passes."""
     try:
-        stream = _open_regular(path)
+        stream, size, _ = storage.open_input(path)
     except OSError:
         return
     with stream:
-        size = os.fstat(stream.fileno()).st_size
         if size > limits.shard_bytes or any(stream.read(6).startswith(magic) for magic in _COMPRESSION_MAGIC):
             return
         broken = _header_problem(stream, size)

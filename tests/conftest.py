@@ -21,6 +21,24 @@ def ray_local():
         ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def s3():
+    """A local S3 server with one bucket, for the whole test run: yields (boto3 client,
+    bucket name). The AWS variables are set for the run, as a user would set them;
+    a Ray started earlier does not have them, which is how the jobs are checked to pass
+    them on to their tasks."""
+    import boto3
+
+    from helpers.s3 import environment, moto_server
+
+    with moto_server() as endpoint, pytest.MonkeyPatch.context() as patch:
+        for name, value in environment(endpoint).items():
+            patch.setenv(name, value)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="simgan-test")
+        yield client, "simgan-test"
+
+
 @pytest.fixture
 def rng():
     import numpy as np

@@ -96,7 +96,7 @@ def import_real(kind, source, from_folder, out_dir, seed, variant, grey, prefix,
 @click.option("--quiet", is_flag=True, help="Only the summary, not every problem.")
 @limit_options
 def validate_shards(folder, quiet, **limits):
-    """Check every shard and sample in FOLDER, as refine-dataset reads them; exit 1 when
+    """Check every shard and sample in FOLDER (or an s3:// prefix), as refine-dataset reads them; exit 1 when
     anything is wrong, 2 when refine-dataset would refuse the folder."""
     report = validate.scan_folder(folder, limits=limits_from(**limits))
     text = validate.format_report(report)

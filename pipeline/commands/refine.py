@@ -32,9 +32,9 @@ def limits_from(max_member_bytes, max_shard_bytes, max_image_pixels, max_label_b
 
 
 @command("refine")
-@click.option("--in", "in_dir", required=True, type=click.Path(), help="Folder of input .tar shards.")
-@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder for refined shards and manifests.")
-@click.option("--refiner", "refiner_path", required=True, type=click.Path(), help="Refiner file (.safetensors).")
+@click.option("--in", "in_dir", required=True, type=click.Path(), help="Folder (or s3:// prefix) of input .tar shards.")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder (or s3:// prefix) for refined shards and manifests.")
+@click.option("--refiner", "refiner_path", required=True, type=click.Path(), help="Refiner file (.safetensors), local or s3://.")
 @click.option("--overwrite", is_flag=True, help="Start over: discard shards committed by an earlier run.")
 @click.option("--allow-failures", is_flag=True, help="Accepted for compatibility; bad samples never fail the run.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
@@ -67,12 +67,12 @@ def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size,
 
 
 @command("manifest-diff")
-@click.argument("a", type=click.Path(exists=True))
-@click.argument("b", type=click.Path(exists=True))
+@click.argument("a")
+@click.argument("b")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--check-hashes", is_flag=True, help="Also report (and fail on) image hash changes.")
 def manifest_diff(a, b, as_json, check_hashes):
-    """Compare manifests A and B (files or folders holding them): keys, labels, statuses.
+    """Compare manifests A and B (files or folders holding them, local or s3://): keys, labels, statuses.
 
     Exits 0 when no label drifted, 1 otherwise.
     """

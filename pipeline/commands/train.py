@@ -8,8 +8,8 @@ from pipeline.commands.boundary import command, verbose_option
 
 
 @command("train")
-@click.option("--synthetic", "synthetic_dir", required=True, type=click.Path(), help="Folder of labelled synthetic .tar shards.")
-@click.option("--real", "real_dir", required=True, type=click.Path(), help="Folder of unlabelled real .tar shards.")
+@click.option("--synthetic", "synthetic_dir", required=True, type=click.Path(), help="Folder (or s3:// prefix) of labelled synthetic .tar shards.")
+@click.option("--real", "real_dir", required=True, type=click.Path(), help="Folder (or s3:// prefix) of unlabelled real .tar shards.")
 @click.option("--out", "run_dir", required=True, type=click.Path(), help="Run folder: config, metrics, samples, checkpoints, refiner file.")
 @click.option("--preset", default="digits", show_default=True, help="Option preset: digits, eyes or paper.")
 @click.option("--config", "config_file", default=None, type=click.Path(), help="JSON or TOML file of options (applied over the preset).")

@@ -18,9 +18,8 @@ import os
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from pipeline import manifest, shards
+from pipeline import manifest, shards, storage
 from pipeline.data.validate import check_dataset
 from pipeline.errors import UserError
 from pipeline.ray_session import ray_session
@@ -54,12 +53,12 @@ def _header_keys(paths: list[str], limits) -> dict[str, list[str]]:
     return {path: sorted(shards.member_keys(path, limits)) for path in paths}
 
 
-def _member_keys(paths: list[str], groups: list[list[str]], limits) -> list[set[str]]:
+def _member_keys(paths: list[str], groups: list[list[str]], limits, options: dict) -> list[set[str]]:
     """The keys each shard's tar headers name, in the order of `paths`; one light task
-    per read group."""
+    per read group (`options`: Ray task options)."""
     import ray
 
-    task = ray.remote(num_cpus=LIGHT_TASK_CPUS)(_header_keys)
+    task = ray.remote(num_cpus=LIGHT_TASK_CPUS, **options)(_header_keys)
     found: dict[str, list[str]] = {}
     for part in ray.get([task.remote(group, limits) for group in groups]):
         found.update(part)
@@ -68,8 +67,7 @@ def _member_keys(paths: list[str], groups: list[list[str]], limits) -> list[set[
 
 def _stats(out_dir: str, shard: str) -> dict | None:
     try:
-        with open(manifest.stats_path(out_dir, shard)) as handle:
-            stats = json.load(handle)
+        stats = json.loads(storage.read_bytes(manifest.stats_path(out_dir, shard)))
     except (OSError, ValueError):
         return None
     return stats if isinstance(stats, dict) else None
@@ -102,28 +100,27 @@ def _redo_reason(in_path: str, out_dir: str, shard: str, refiner_hash: str) -> s
         )
     return (
         _changed("input shard", stats.get("input"), manifest.file_record(in_path))
-        or _changed("output tar", stats.get("output"), manifest.file_record(os.path.join(out_dir, shard)))
+        or _changed("output tar", stats.get("output"), manifest.file_record(storage.join(out_dir, shard)))
         or _changed("shard manifest", stats.get("manifest"), manifest.file_record(manifest.manifest_path(out_dir, shard)))
     )
 
 
 def _clear_outputs(out_dir: str, shard_names: list[str]) -> None:
     """Remove what a previous run wrote for these shards (and nothing else)."""
-    paths = [os.path.join(out_dir, name) for name in (manifest.DATASET_MANIFEST, manifest.SUMMARY)]
+    paths = [storage.join(out_dir, name) for name in (manifest.DATASET_MANIFEST, manifest.SUMMARY)]
     for shard in shard_names:
         # The stats marker goes first so an interrupted clean-up never leaves a shard
         # that looks committed.
-        paths += [manifest.stats_path(out_dir, shard), manifest.manifest_path(out_dir, shard), os.path.join(out_dir, shard)]
+        paths += [manifest.stats_path(out_dir, shard), manifest.manifest_path(out_dir, shard), storage.join(out_dir, shard)]
     for path in paths:
-        if os.path.exists(path):
-            os.remove(path)
+        storage.remove(path)
 
 
 def _committed_keys(out_dir: str, shard_names: list[str]) -> dict[str, str]:
     """Keys refined in already-committed shards, so duplicates across a resume are caught."""
     seen: dict[str, str] = {}
     for shard in shard_names:
-        table = pq.read_table(manifest.manifest_path(out_dir, shard), columns=["key", "status"])
+        table = storage.read_table(manifest.manifest_path(out_dir, shard), columns=["key", "status"])
         for key, status in zip(table.column("key").to_pylist(), table.column("status").to_pylist()):
             if key and status == manifest.OK:
                 seen.setdefault(key, shard)
@@ -188,7 +185,7 @@ def refine_dataset(
         )
     limits = limits or shards.DEFAULT_LIMITS
     paths = check_dataset(in_dir, "--in", limits)
-    if os.path.realpath(in_dir) == os.path.realpath(out_dir):
+    if storage.same_location(in_dir, out_dir):
         raise UserError("--out must be a different folder from --in (inputs are never overwritten)")
     expected = info.geometry
     found = probe_geometry(paths, limits=limits)
@@ -196,7 +193,7 @@ def refine_dataset(
         check_fits(info, found)
 
     names = [os.path.basename(p) for p in paths]
-    os.makedirs(out_dir, exist_ok=True)
+    storage.make_folder(out_dir)
     if overwrite:
         _clear_outputs(out_dir, names)
     redone: dict[str, str] = {}
@@ -257,13 +254,15 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
         # that does not). A block is then as large as a read group.
         context.target_max_block_size = None
         plan = plan_resources(ray.cluster_resources(), device)
+        # Every stage may touch storage: reading shards, loading the refiner, writing.
+        options = storage.task_options(*todo, writing["out_dir"], refiner_path)
         total = sum(file_size(p) for p in todo)
         target = min(READ_GROUP_BYTES, max(1, total // (4 * max(1, int(ray.cluster_resources().get("CPU", 1))))))
         groups = group_shards(todo, target)
         # Decided before any refinement, so each write task knows its shards' duplicates.
         duplicates = plan_duplicates(
             todo,
-            _member_keys(todo, groups, limits),
+            _member_keys(todo, groups, limits, options),
             committed_keys,
             lambda path, keys: ok_keys(path, keys, geometry, limits),
         )
@@ -274,11 +273,12 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
             batch_size=1,
             batch_format="numpy",
             num_cpus=LIGHT_TASK_CPUS,
+            **options,
         )
         ds = ds.map_batches(
             RefineStage,
             fn_constructor_kwargs={
-                "refiner_path": os.path.abspath(refiner_path),
+                "refiner_path": storage.absolute(refiner_path),
                 "device": plan["device"],
                 "batch_size": batch_size,
                 "threads": plan["threads"],
@@ -288,6 +288,7 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
             batch_format="numpy",
             num_cpus=plan["num_cpus"],
             num_gpus=plan["num_gpus"],
+            **options,
         )
         ds = ds.map_batches(
             write_shards,
@@ -295,6 +296,7 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
             batch_size=None,
             batch_format="numpy",
             num_cpus=LIGHT_TASK_CPUS,
+            **options,
         )
         done = set()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pipeline import manifest, reading, shards
+from pipeline import manifest, reading, shards, storage
 from pipeline.reading import Geometry
 
 # Geometry columns of a row whose image could not be decoded.
@@ -109,7 +109,7 @@ def file_size(path: str) -> int:
     """Size of the file at `path`; 0 when it vanished since it was listed (its read task
     then reports it)."""
     try:
-        return os.path.getsize(path)
+        return storage.size(path)
     except OSError:
         return 0
 

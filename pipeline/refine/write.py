@@ -10,12 +10,11 @@ when.
 from __future__ import annotations
 
 import json
-import os
 from typing import Iterator
 
 import numpy as np
 
-from pipeline import manifest, shards
+from pipeline import manifest, shards, storage
 from pipeline.reading import Geometry
 
 
@@ -83,7 +82,7 @@ def commit_shard(out_dir: str, shard: str, rows: list[dict], images: np.ndarray,
         png = shards.encode_png(image)
         row["output_sha256"] = manifest.sha256(png)
         members.append((row["key"], {shards.IMAGE_EXT: png, shards.LABEL_EXT: row["label_bytes"]}))
-    tar_path = os.path.join(out_dir, shard)
+    tar_path = storage.join(out_dir, shard)
     shards.write_shard(tar_path, members)
     return manifest.commit_shard(
         out_dir,

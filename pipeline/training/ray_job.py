@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 import torch
 
-from pipeline import console, ray_lines, reading, shards
+from pipeline import console, ray_lines, reading, shards, storage
 from pipeline.errors import UserError
 from pipeline.ray_session import is_verbose, ray_session
 from pipeline.training import checkpoint as ckpt
@@ -61,7 +61,7 @@ def image_dataset(folder: str, role: str, run_dir: str):
     paths = shards.require_shards(folder, role)
     geometry = first_geometry(paths, role)
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
-    ds = ds.flat_map(functools.partial(_rows, geometry=geometry)).materialize()
+    ds = ds.flat_map(functools.partial(_rows, geometry=geometry), **storage.task_options(folder)).materialize()
     bad = ds.filter(lambda row: row["kind"] != "").drop_columns(["image"]).take_all()
     record_problems(run_dir, role, [shards.Problem(r["shard"], r["problem_key"] or None, r["kind"], r["message"]) for r in bad])
     good = ds.filter(lambda row: row["kind"] == "").select_columns(["key", "image", "labels"]).materialize()
