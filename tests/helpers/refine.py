@@ -4,14 +4,17 @@ and hand-made bad tars."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 
 import numpy as np
 import torch
 
+from pipeline import manifest
 from pipeline.data.output import write_labelled_shard
 from pipeline.models import Refiner, RefinerSpec
+from pipeline.refine.write import NODES
 from pipeline.refiner_file import save_refiner
 
 SIZE = 8
@@ -58,3 +61,19 @@ def raw_tar(path: str, members: list[tuple[str, bytes]]) -> str:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def run_outputs(folder) -> dict[str, bytes]:
+    """Every file a run writes that must not depend on where or how often Ray ran the
+    work: tars, manifests, and stats files without their `nodes` field."""
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        data = open(os.path.join(folder, name), "rb").read()
+        if name == manifest.SUMMARY:
+            continue  # wall times
+        if name.endswith(manifest.STATS_SUFFIX):
+            stats = json.loads(data)
+            assert set(stats.pop(NODES)) == {"refined", "written"}
+            data = json.dumps(stats, sort_keys=True).encode()
+        found[name] = data
+    return found
