@@ -20,10 +20,12 @@ from pipeline.refiner_file import save_refiner
 SIZE = 8
 
 
-def make_refiner(path: str, channels: int = 1, size: int = SIZE, bit_depth: int = 8, seed: int = 0) -> str:
-    """The tiny fixed refiner; its output layer is scaled up so it visibly changes images."""
+def make_refiner(path: str, channels: int = 1, size: int = SIZE, bit_depth: int = 8, seed: int = 0,
+                 features: int = 4, blocks: int = 1) -> str:
+    """The tiny fixed refiner (more `features` and `blocks` make it slower); its output
+    layer is scaled up so it visibly changes images."""
     torch.manual_seed(seed)
-    refiner = Refiner(RefinerSpec(kernel=3, features=4, blocks=1, channels=channels))
+    refiner = Refiner(RefinerSpec(kernel=3, features=features, blocks=blocks, channels=channels))
     with torch.no_grad():
         refiner.conv_out.weight.mul_(300.0)
     save_refiner(path, refiner, "tiny", size, size, bit_depth)
