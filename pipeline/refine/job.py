@@ -50,7 +50,10 @@ SHOWN_PROBLEMS = 10
 # such system failures are retried: an exception raised by the pipeline's own code would
 # be raised again, so it ends the run. Retrying is safe because a shard's bytes depend on
 # its inputs only and every file is committed by an atomic rename: a write task run twice
-# writes the same files again.
+# writes the same files again. With restarts on, Ray logs once per run that the pool's
+# actor "has constructor arguments in the object store": those are Ray Data's own (its
+# map function and settings, which it puts there and this driver holds for the whole
+# run), not the refiner, which each actor loads from its file.
 ACTOR_RESTARTS = 3
 ACTOR_TASK_RETRIES = 3
 TASK_RETRIES = 3
