@@ -130,6 +130,15 @@ def ray_session(address: str | None = None, verbose: bool | None = None, num_cpu
             watchdog.wait()
 
 
+def node_id() -> str | None:
+    """The id of the Ray node this process runs on (a driver, task or actor of a
+    connected Ray), or None outside Ray; never imports or starts Ray."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
 def _own_address() -> dict[str, str]:
     """The embedded Ray's GCS address, fixed before it starts. Ray's own helpers (Ray
     Train's placement-group cleaner asks the State API) look for "the" Ray of the

@@ -1,109 +1,68 @@
-"""A real Ray head on loopback; a refine job submitted through the Ray Jobs API."""
+"""A real Ray cluster on loopback: `refine-dataset` submitted through the Ray Jobs API,
+first to a lone head, then with a second node joined; both nodes do work, and the two
+runs write the same bytes."""
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
-from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipeline import manifest, shards
-from pipeline.ray_watchdog import kill_session_processes
+from pipeline.data.simulate import simulate
 from pipeline.refine.diff import diff_manifests
-from helpers.refine import make_refiner, write_dataset
+from helpers.cluster import LoopbackCluster, stats_nodes
+from helpers.refine import make_refiner, run_outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _stop_cluster(head, temp_dir):
-    """Stop the cluster this test started, and only it.
-
-    `ray stop --force` would also kill every other Ray instance of the machine; instead
-    the head's process group is signalled, then any process still holding files in the
-    cluster's own temp dir (actor workers run in sessions of their own) is killed.
-    """
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(head.pid, sig)
-            head.wait(timeout=wait)
-            break
-        except ProcessLookupError:
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    kill_session_processes(temp_dir, pause=0.5)
+SHARDS, PER_SHARD = 6, 128
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    """A `ray start --head --block` of our own: free ports, and a temp dir of its own so
-    no other Ray on the machine finds it or is touched when it stops."""
-    temp_dir = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")  # short: Ray's socket paths must stay short
-    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = _free_ports(7)
-    command = [
-        RAY, "start", "--head", "--block", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-        "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--dashboard-port={dashboard}",
-        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-        f"--metrics-export-port={metrics}", "--include-dashboard=true", "--disable-usage-stats",
-        f"--temp-dir={temp_dir}",
-    ]
-    log = open(tmp_path / "ray-head.log", "wb")
-    # A loopback-only test cluster: no auth token to distribute to the client.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    address = f"http://127.0.0.1:{dashboard}"
+def cluster(tmp_path):
+    cluster = LoopbackCluster(str(tmp_path))
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                client_ = JobSubmissionClient(address)
-                break
-            except Exception as exc:  # noqa: BLE001 - the dashboard is not up yet
-                if head.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{exc}\n" + (tmp_path / "ray-head.log").read_text()[-3000:])
-                time.sleep(1)
-        yield client_
+        yield cluster
     finally:
-        _stop_cluster(head, temp_dir)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        cluster.stop()
+
+
+def _refine_job(cluster, in_dir, out_dir, refiner) -> str:
+    return cluster.run_job(
+        f"{sys.executable} jobs/refine.py --in {in_dir} --out {out_dir} --refiner {refiner} --batch-size 4", ROOT
+    )
 
 
 @pytest.mark.slow
-def test_refine_job_submitted_to_a_cluster(tmp_path, ray_head):
-    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    write_dataset(str(in_dir), shard_count=2, per_shard=10)
-    refiner = make_refiner(str(tmp_path / "tiny.safetensors"))
-    job = ray_head.submit_job(
-        entrypoint=f"{sys.executable} jobs/refine.py --in {in_dir} --out {out_dir} --refiner {refiner} --batch-size 8",
-        runtime_env={"working_dir": ROOT, "excludes": [".git", ".venv", "*.egg-info", ".pytest_cache"]},
-    )
-    deadline = time.time() + 240
-    while ray_head.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.time() < deadline, ray_head.get_job_logs(job)
-        time.sleep(1)
-    logs = ray_head.get_job_logs(job)
-    assert ray_head.get_job_status(job) == JobStatus.SUCCEEDED, logs
-    assert "refined 20 of 20 samples" in logs
+def test_refine_job_on_one_node_then_two_writes_the_same_bytes(tmp_path, cluster):
+    in_dir = str(tmp_path / "in")
+    simulate("digits", SHARDS * PER_SHARD, in_dir, seed=0, workers=1, per_shard=PER_SHARD)
+    # Slow enough (about 0.5 s a shard on one thread) that shards wait for a refiner
+    # actor: Ray Data gives each block to the least busy actor, so a refiner that is
+    # faster than the reading leaves every shard to the same one.
+    refiner = make_refiner(str(tmp_path / "refiner.safetensors"), size=28, features=64, blocks=4)
+    # Two CPUs per node: one node runs one refiner actor, two nodes run three (a CPU is
+    # left for reading and writing), at least one on each node.
+    cluster.start_head(num_cpus=2)
 
-    assert [os.path.basename(p) for p in shards.list_shards(str(out_dir))] == ["data-000000.tar", "data-000001.tar"]
-    rows = manifest.read_manifest(str(out_dir))
-    assert len(rows) == 20 and (rows["status"] == "ok").all()
-    assert diff_manifests(str(in_dir), str(out_dir), check_hashes=True).ok
+    one = str(tmp_path / "one-node")
+    logs = _refine_job(cluster, in_dir, one, refiner)
+    assert f"refined {SHARDS * PER_SHARD} of {SHARDS * PER_SHARD} samples" in logs
+    [head] = cluster.node_ids()
+    assert set(stats_nodes(one, "refined").values()) == set(stats_nodes(one, "written").values()) == {head}
+
+    cluster.add_node(num_cpus=2)
+    head_, second = cluster.node_ids()
+    assert head_ == head
+    two = str(tmp_path / "two-nodes")
+    _refine_job(cluster, in_dir, two, refiner)
+
+    refined, written = stats_nodes(two, "refined"), stats_nodes(two, "written")
+    assert len(refined) == len(written) == SHARDS
+    assert set(refined.values()) == {head, second}, refined
+    assert set(written.values()) <= {head, second}
+    # Tars and manifests byte for byte; stats files but for the nodes that did the work.
+    assert run_outputs(two) == run_outputs(one)
+    assert len(shards.list_shards(two)) == SHARDS
+    rows = manifest.read_manifest(two)
+    assert len(rows) == SHARDS * PER_SHARD and (rows["status"] == "ok").all()
+    assert diff_manifests(in_dir, two, check_hashes=True).ok

@@ -16,7 +16,7 @@ from pipeline.refine.read import read_shard
 from pipeline.refine.stage import RefineStage
 from pipeline.refine.write import write_shards
 from pipeline.reading import Geometry
-from helpers.refine import SIZE, image, make_refiner, raw_tar
+from helpers.refine import SIZE, image, make_refiner, raw_tar, run_outputs
 
 GEOMETRY = Geometry(SIZE, SIZE, 1, 8)
 
@@ -139,10 +139,6 @@ def test_write_task_refuses_a_shard_split_between_blocks(tmp_path):
     assert not os.path.exists(tmp_path / "s1.tar")
 
 
-def _files(folder):
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder)) if name != manifest.SUMMARY}
-
-
 def _run(monkeypatch, folder, out, refiner, actors, grouping):
     """One run with `actors` refiner actors and shards read in the groups `grouping`
     makes. Two actors on 0.4 CPU each leave room for the tasks on 2 CPUs; 0.4, not the
@@ -166,7 +162,7 @@ def runs(tmp_path_factory, ray_local):
 
 def test_outputs_do_not_depend_on_actors_grouping_or_finishing_order(runs):
     root, _, _, one, two = runs
-    assert _files(root / "one") == _files(root / "two")
+    assert run_outputs(root / "one") == run_outputs(root / "two")
     assert {k: v for k, v in one.items() if "time" not in k and "per_s" not in k and k != "out_dir"} == {
         k: v for k, v in two.items() if "time" not in k and "per_s" not in k and k != "out_dir"
     }
@@ -197,4 +193,4 @@ def test_resume_keeps_duplicate_decisions(runs, monkeypatch):
     os.remove(manifest.stats_path(str(resumed), "s0.tar"))  # s0 redone; s1 and s2 committed
     summary = _run(monkeypatch, folder, resumed, refiner, 2, lambda paths: [paths])
     assert summary["shards_refined"] == 1
-    assert _files(resumed) == _files(root / "one")
+    assert run_outputs(resumed) == run_outputs(root / "one")

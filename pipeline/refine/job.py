@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -42,6 +43,25 @@ LIGHT_TASK_CPUS = 0.5
 READ_GROUP_BYTES = 16 * 1024 * 1024
 # Bad samples listed in the closing summary; all of them are in the manifest.
 SHOWN_PROBLEMS = 10
+# Fault tolerance, set here rather than left to Ray Data's unbounded defaults: a refiner
+# actor whose process or node dies is restarted (up to ACTOR_RESTARTS times) and its
+# batches in flight are retried on it (up to ACTOR_TASK_RETRIES times each); a read,
+# write or header task whose worker dies is run again (up to TASK_RETRIES times). Only
+# such system failures are retried: an exception raised by the pipeline's own code would
+# be raised again, so it ends the run. Retrying is safe because a shard's bytes depend on
+# its inputs only and every file is committed by an atomic rename: a write task run twice
+# writes the same files again. With restarts on, Ray logs once per run that the pool's
+# actor "has constructor arguments in the object store": those are Ray Data's own (its
+# map function and settings, which it puts there and this driver holds for the whole
+# run), not the refiner, which each actor loads from its file.
+ACTOR_RESTARTS = 3
+ACTOR_TASK_RETRIES = 3
+TASK_RETRIES = 3
+# Refining starts once every planned actor is up (each is sized to the cluster's current
+# resources), so blocks are shared among all of them from the first, not queued on the
+# first ones ready while the others, perhaps on other nodes, still start; a pool that
+# cannot start within this time fails the run instead of waiting for ever.
+ACTOR_START_TIMEOUT_S = 600
 
 
 def _read_batch(batch: dict[str, np.ndarray], geometry, limits):
@@ -58,7 +78,7 @@ def _member_keys(paths: list[str], groups: list[list[str]], limits, options: dic
     per read group (`options`: Ray task options)."""
     import ray
 
-    task = ray.remote(num_cpus=LIGHT_TASK_CPUS, **options)(_header_keys)
+    task = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=TASK_RETRIES, **options)(_header_keys)
     found: dict[str, list[str]] = {}
     for part in ray.get([task.remote(group, limits) for group in groups]):
         found.update(part)
@@ -246,9 +266,14 @@ def _run_pipeline(
 def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, batch_size, device, limits) -> None:
     import ray  # imported here so the stage and the diff work without Ray installed
 
+    # Ray 2.60 warns that retry options passed to map_batches are deprecated (removal is
+    # announced for 2.64, with no named parameter for them yet); setup.py pins 2.60.
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+
     context = ray.data.DataContext.get_current()
-    saved = context.target_max_block_size
+    saved = context.target_max_block_size, context.wait_for_min_actors_s
     try:
+        context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         # No size target: each task's output stays one block, never sliced, so a block
         # holds whole shards from the read task to the write task (which refuses one
         # that does not). A block is then as large as a read group.
@@ -273,6 +298,7 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
             batch_size=1,
             batch_format="numpy",
             num_cpus=LIGHT_TASK_CPUS,
+            max_retries=TASK_RETRIES,
             **options,
         )
         ds = ds.map_batches(
@@ -288,6 +314,8 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
             batch_format="numpy",
             num_cpus=plan["num_cpus"],
             num_gpus=plan["num_gpus"],
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=ACTOR_TASK_RETRIES,
             **options,
         )
         ds = ds.map_batches(
@@ -296,6 +324,7 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
             batch_size=None,
             batch_format="numpy",
             num_cpus=LIGHT_TASK_CPUS,
+            max_retries=TASK_RETRIES,
             **options,
         )
         done = set()
@@ -308,4 +337,4 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
         if missing:
             raise RuntimeError(f"shards left uncommitted by the pipeline: {missing}")
     finally:
-        context.target_max_block_size = saved
+        context.target_max_block_size, context.wait_for_min_actors_s = saved

@@ -12,10 +12,13 @@ import torch
 
 from pipeline.devices import pick_device
 from pipeline.manifest import OK
+from pipeline.ray_session import node_id
 from pipeline.refiner_file import load_refiner
 
 # bf16 is only used when it keeps every output value within one 8-bit step of fp32.
 BF16_TOLERANCE = 1.0 / 255.0
+# The column naming the Ray node that refined each row (added only inside Ray).
+REFINED_ON = "refined_on"
 
 
 def _scale(dtype: np.dtype) -> float:
@@ -69,6 +72,7 @@ class RefineStage:
             self.refiner = self.refiner.to(memory_format=torch.channels_last)
         # Decided on the first CUDA batch by comparing bf16 with fp32 on it.
         self.use_bf16: bool | None = None if self.cuda else False
+        self.node = node_id()
 
     def __reduce__(self):
         # Pickled by file path: the receiving process loads the refiner itself.
@@ -80,7 +84,8 @@ class RefineStage:
         With a "shard" column, each shard's rows are refined apart, in chunks counted
         from the shard's first row: which images share a forward pass then depends on
         the shard alone, not on how shards were grouped into batches or spread over
-        workers, and neither do the output bytes.
+        workers, and neither do the output bytes. Inside Ray a `REFINED_ON` column
+        names the node that refined the rows (provenance, never part of the outputs' bytes).
         """
         images = batch["image"]
         ok = np.asarray(batch["status"]) == OK
@@ -91,7 +96,10 @@ class RefineStage:
                 part[...] = self.refine_images(part)
             elif wanted.any():
                 part[wanted] = self.refine_images(part[wanted])
-        return {**batch, "image": refined}
+        out = {**batch, "image": refined}
+        if self.node is not None:
+            out[REFINED_ON] = np.full(len(images), self.node, dtype=object)
+        return out
 
     def refine_images(self, images: np.ndarray) -> np.ndarray:
         """Refine N x H x W [x C] uint8/uint16 images; same shape and dtype back."""

@@ -15,7 +15,14 @@ from typing import Iterator
 import numpy as np
 
 from pipeline import manifest, shards, storage
+from pipeline.ray_session import node_id
 from pipeline.reading import Geometry
+from pipeline.refine.stage import REFINED_ON
+
+# The stats field naming the Ray nodes that refined and wrote a shard: provenance that
+# depends on where Ray ran the work, so it is the one field that may differ between runs
+# with the same inputs (tars and manifests never do).
+NODES = "nodes"
 
 
 def duplicate_error(first: str) -> str:
@@ -92,6 +99,7 @@ def commit_shard(out_dir: str, shard: str, rows: list[dict], images: np.ndarray,
             "refiner_hash": refiner_hash,
             "input": json.loads(rows[0]["shard_file"]),
             "output": manifest.file_record(tar_path),
+            NODES: {"refined": rows[0].get(REFINED_ON), "written": node_id()},
         },
         record_manifest=True,
     )
