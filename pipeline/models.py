@@ -205,20 +205,26 @@ class StrokeWidth(nn.Module):
         amount = ((self.mapped(widths) - widths) / 2).clamp(-self.LIMIT, self.LIMIT).detach()
         if not bool((amount.abs() > 1e-3).any()):
             return x
-        # Work where ink is bright; shrinking the ink is growing the paper.
-        bright_ink = bool(self.tones[1] >= self.tones[0])
-        y = x if bright_ink else -x
-        steps = int(amount.abs().max().ceil())
-        grown, shrunk = [y], [y]
-        for step in range(steps):
-            grown.append(_grow(grown[-1], step))
-            shrunk.append(-_grow(-shrunk[-1], step))
-        levels = torch.stack([torch.where((amount >= 0).view(-1, 1, 1, 1), g, s) for g, s in zip(grown, shrunk)])
-        whole = amount.abs().floor().long().clamp(max=steps - 1)
-        fraction = (amount.abs() - whole).view(-1, 1, 1, 1).to(y.dtype)
-        pick = torch.arange(len(y), device=y.device)
-        out = (1 - fraction) * levels[whole, pick] + fraction * levels[whole + 1, pick]
-        return out if bright_ink else -out
+        return change_width(x, amount, bright_ink=bool(self.tones[1] >= self.tones[0]))
+
+
+def change_width(x: torch.Tensor, amount: torch.Tensor, bright_ink: bool = True) -> torch.Tensor:
+    """Each image's ink grown (amount > 0) or shrunk (< 0) by `amount` (N,) pixels on
+    each side: whole steps of grey-level dilation or erosion, the fractional part
+    blended from the next step."""
+    # Work where ink is bright; shrinking the ink is growing the paper.
+    y = x if bright_ink else -x
+    steps = max(1, int(amount.abs().max().ceil()))
+    grown, shrunk = [y], [y]
+    for step in range(steps):
+        grown.append(_grow(grown[-1], step))
+        shrunk.append(-_grow(-shrunk[-1], step))
+    levels = torch.stack([torch.where((amount >= 0).view(-1, 1, 1, 1), g, s) for g, s in zip(grown, shrunk)])
+    whole = amount.abs().floor().long().clamp(max=steps - 1)
+    fraction = (amount.abs() - whole).view(-1, 1, 1, 1).to(y.dtype)
+    pick = torch.arange(len(y), device=y.device)
+    out = (1 - fraction) * levels[whole, pick] + fraction * levels[whole + 1, pick]
+    return out if bright_ink else -out
 
 
 class Deformation(nn.Module):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import tempfile
 
@@ -83,6 +84,12 @@ def _pool(dataset_shard) -> tuple[torch.Tensor, list[str], list[dict]]:
 
 
 def _worker(loop_config: dict) -> None:
+    if not loop_config["verbose"]:
+        # Ray Train names the logger of its "Reporting training result" line after its
+        # file, not under "ray.train", so LoggingConfig's level does not reach it.
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
     with ray_lines.to_driver(*loop_config["lines"]):
         _train(loop_config)
 
@@ -162,6 +169,7 @@ def run_ray(
             train_loop_config={
                 "config": config.to_dict(), "preset": preset, "run_dir": run_dir,
                 "threads": cpus, "stop_after": stop_after, "lines": lines,
+                "verbose": is_verbose(),
             },
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
             run_config=RunConfig(
