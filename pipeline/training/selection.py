@@ -94,8 +94,7 @@ def prepare(config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor,
     network, label_values = None, None
     if labels is not None:
         train_labels = labels.subset(train_s)
-        network = task.train_task_network(synthetic[index_s], train_labels, config.seed,
-                                          widths=config.stroke_width)
+        network = task.train_task_network(synthetic[index_s], train_labels, config.seed)
         label_values = torch.from_numpy(train_labels.values).to(synthetic.device)
     held_synthetic = synthetic[torch.from_numpy(held_s).to(synthetic.device)]
     held_real = real[torch.from_numpy(held_r).to(real.device)]

@@ -24,12 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.errors import UserError
-from pipeline.models import change_width
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
-# Pixels of stroke growth (+) or shrinkage (-) on each side in the width augmentation:
-# about what pipeline.models.StrokeWidth does between font strokes and pens.
-WIDTH_CHANGE = (-0.75, 1.5)
 MAX_CLASSES = 1000
 
 
@@ -109,20 +105,16 @@ class TaskNetwork(nn.Module):
         return self.head(self.body((x - mean) / spread))
 
 
-def appearance_augment(batch: torch.Tensor, generator: torch.Generator, widths: bool = False) -> torch.Tensor:
+def appearance_augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random polarity, gamma, contrast and offset, blur and noise: everything a refiner
-    may change about an image, nothing about what it shows. With `widths`, random stroke
-    widths too (for a refiner with a stroke-width curve, which changes them on purpose)."""
+    may change about an image, nothing about what it shows."""
     n = batch.shape[0]
 
     def uniform(low, high):
         return low + (high - low) * torch.rand(n, 1, 1, 1, generator=generator, device=batch.device)
 
-    x = batch
-    if widths:
-        x = change_width(x, uniform(*WIDTH_CHANGE).view(n))
     flip = torch.rand(n, 1, 1, 1, generator=generator, device=batch.device) < 0.5
-    x = torch.where(flip, 1 - x, x)
+    x = torch.where(flip, 1 - batch, batch)
     x = x.clamp(1e-4, 1) ** torch.exp(uniform(-0.7, 0.7))
     contrast = uniform(0.25, 1.0)
     x = uniform(0, 1) * (1 - contrast) + contrast * x
@@ -147,9 +139,8 @@ def task_loss(network: TaskNetwork, images: torch.Tensor, targets: torch.Tensor)
 
 
 def train_task_network(images: torch.Tensor, labels: Labels, seed: int, steps: int = 400,
-                       batch_size: int = 64, widths: bool = False) -> TaskNetwork:
-    """Fit the task network on synthetic images and their labels (deterministic in
-    `seed`); `widths` as in appearance_augment."""
+                       batch_size: int = 64) -> TaskNetwork:
+    """Fit the task network on synthetic images and their labels (deterministic in `seed`)."""
     device = images.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -160,7 +151,7 @@ def train_task_network(images: torch.Tensor, labels: Labels, seed: int, steps: i
     network.train()
     for _ in range(steps):
         index = torch.randint(0, len(images), (batch_size,), generator=generator, device=device)
-        loss = task_loss(network, appearance_augment(images[index], generator, widths), targets[index])
+        loss = task_loss(network, appearance_augment(images[index], generator), targets[index])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
