@@ -604,14 +604,6 @@ def _member_headers(path: str, limits: Limits) -> Iterator[tuple[str, str, tarfi
             return
 
 
-def iter_label_members(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) of the label members of a shard, read within `limits`, passing over
-    everything else (image data is seeked over, not read)."""
-    for key, ext, info, tar in _member_headers(path, limits):
-        if ext == LABEL_EXT and info.isreg() and info.size <= min(limits.label_bytes, limits.member_bytes):
-            yield key, tar.extractfile(info).read()
-
-
 def member_keys(path: str, limits: Limits = DEFAULT_LIMITS) -> set[str]:
     """Every key a member of the shard at `path` is stored under, from the tar headers
     alone. It holds the key of every sample `iter_shard` yields (and of some it reports
@@ -635,18 +627,29 @@ def label_kind(value) -> str | None:
 _KIND_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "object"}
 
 
-def check_label_kinds(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> None:
+def check_label_kinds(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> dict[str, set[str]]:
     """Raise BadDataset when one label name holds values of different kinds (say an
     integer in one shard and a string in another): their manifests could not be merged
     into one column, so this is refused before anything is written. Integers and floats
     are one kind (a float column); labels that do not decode are left to the per-sample
-    report."""
+    report.
+
+    Returns each shard's `member_keys`, found by the same pass over its headers (only
+    label members are read; image data is seeked over), so a job that needs both reads
+    every tar once."""
     first: dict[str, tuple[str, str, str, object]] = {}  # name -> (kind, shard, key, value)
+    found: dict[str, set[str]] = {}
     for path in paths:
         shard = os.path.basename(path)
-        for key, data in iter_label_members(path, limits):
+        keys = found[path] = set()
+        for key, ext, info, tar in _member_headers(path, limits):
+            if info.isdir():
+                continue
+            keys.add(key)
+            if ext != LABEL_EXT or not info.isreg() or info.size > min(limits.label_bytes, limits.member_bytes):
+                continue
             try:
-                labels = decode_labels(data, limits.label_bytes)
+                labels = decode_labels(tar.extractfile(info).read(), limits.label_bytes)
             except SampleError:
                 continue
             for name, value in labels.items():
@@ -660,6 +663,7 @@ def check_label_kinds(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> None
                         f"but {_KIND_NAMES.get(type(value), kind)} in {shard} (key {key!r}); a label needs one type "
                         "across the dataset (fix those labels, or refine those shards as a dataset of their own)"
                     )
+    return found
 
 
 @dataclass

@@ -159,17 +159,26 @@ def _write(path, data):
     return str(path)
 
 
-def test_resource_plan_never_gives_every_cpu_to_refiner_actors():
+def test_resource_plan_by_device_and_stages():
     from pipeline.errors import UserError
-    from pipeline.refine.job import LIGHT_TASK_CPUS, plan_resources
+    from pipeline.refine.job import FUSED, LIGHT_TASK_CPUS, SPLIT, plan_resources
 
+    # CPU, by default: one single-threaded fused worker per CPU; nothing else needs a CPU.
     small = plan_resources({"CPU": 2.0}, None)
-    assert (small["device"], small["actors"], small["num_cpus"]) == ("cpu", 1, 1)
-    assert 2 - small["actors"] * small["num_cpus"] >= 2 * LIGHT_TASK_CPUS  # a read and an encode task fit
-    big = plan_resources({"CPU": 16.0}, None)
+    assert (small["stages"], small["device"], small["actors"], small["num_cpus"], small["threads"]) == (FUSED, "cpu", 2, 1, 1)
+    # CPU, split: the refiner actors leave room for the read and write tasks.
+    split = plan_resources({"CPU": 2.0}, None, SPLIT)
+    assert (split["stages"], split["device"], split["actors"], split["num_cpus"]) == (SPLIT, "cpu", 1, 1)
+    assert 2 - split["actors"] * split["num_cpus"] >= 2 * LIGHT_TASK_CPUS  # a read and an encode task fit
+    big = plan_resources({"CPU": 16.0}, None, SPLIT)
     assert big["actors"] == 12 and big["threads"] == 1
+    # GPU: always split, so decoding and encoding never run on the GPU actor's CPU.
     gpu = plan_resources({"CPU": 8.0, "GPU": 2.0}, None)
-    assert (gpu["device"], gpu["actors"], gpu["num_gpus"]) == ("cuda", 2, 1)
-    assert plan_resources({"CPU": 8.0, "GPU": 2.0}, "cpu")["device"] == "cpu"
+    assert (gpu["stages"], gpu["device"], gpu["actors"], gpu["num_gpus"]) == (SPLIT, "cuda", 2, 1)
+    assert plan_resources({"CPU": 8.0, "GPU": 2.0}, "cpu")["stages"] == FUSED
+    with pytest.raises(UserError, match="--device cpu"):
+        plan_resources({"CPU": 8.0, "GPU": 2.0}, None, FUSED)
+    with pytest.raises(UserError, match="fused or split"):
+        plan_resources({"CPU": 2.0}, None, "both")
     with pytest.raises(UserError, match="no GPU"):
         plan_resources({"CPU": 2.0}, "cuda")

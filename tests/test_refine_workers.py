@@ -95,9 +95,10 @@ def test_keys_of_committed_shards_count_first(tmp_path):
 
 def test_header_keys_cover_every_sample_the_reader_yields(tmp_path):
     folder = _dataset(tmp_path)
+    surveyed = shards.check_label_kinds(shards.list_shards(folder))  # the pass refine-dataset plans with
     for path in shards.list_shards(folder):
         read = {item.key for item in shards.iter_shard(path) if item.key is not None}
-        assert read <= shards.member_keys(path)
+        assert read and read <= shards.member_keys(path) == surveyed[path]
 
 
 class _Recorder(RefineStage):
@@ -139,12 +140,13 @@ def test_write_task_refuses_a_shard_split_between_blocks(tmp_path):
     assert not os.path.exists(tmp_path / "s1.tar")
 
 
-def _run(monkeypatch, folder, out, refiner, actors, grouping):
-    """One run with `actors` refiner actors and shards read in the groups `grouping`
-    makes. Two actors on 0.4 CPU each leave room for the tasks on 2 CPUs; 0.4, not the
-    tasks' 0.5, so Ray does not fuse reading into the actors, as in a real plan."""
-    plan = {"device": "cpu", "actors": actors, "num_gpus": 0, "num_cpus": 0.4, "threads": 1}
-    monkeypatch.setattr(job, "plan_resources", lambda cluster, device: plan)
+def _run(monkeypatch, folder, out, refiner, actors, grouping, stages=job.SPLIT):
+    """One run with `actors` refiner actors (or fused workers) and shards read in the
+    groups `grouping` makes. Two actors on 0.4 CPU each leave room for the tasks on 2
+    CPUs; 0.4, not the tasks' 0.5, so Ray does not fuse reading into the actors, as in
+    a real plan."""
+    plan = {"stages": stages, "device": "cpu", "actors": actors, "num_gpus": 0, "num_cpus": 0.4, "threads": 1}
+    monkeypatch.setattr(job, "plan_resources", lambda cluster, device, stages: plan)
     monkeypatch.setattr(job, "group_shards", lambda paths, target: grouping(paths))
     return refine_dataset(folder, str(out), refiner, batch_size=2)
 
@@ -157,19 +159,24 @@ def runs(tmp_path_factory, ray_local):
     with pytest.MonkeyPatch.context() as monkeypatch:
         one = _run(monkeypatch, folder, root / "one", refiner, 1, lambda paths: [paths])
         two = _run(monkeypatch, folder, root / "two", refiner, 2, lambda paths: [[p] for p in reversed(paths)])
-    return root, folder, refiner, one, two
+        fused = _run(monkeypatch, folder, root / "fused", refiner, 2, lambda paths: [paths[1:], paths[:1]], job.FUSED)
+    return root, folder, refiner, one, two, fused
 
 
-def test_outputs_do_not_depend_on_actors_grouping_or_finishing_order(runs):
-    root, _, _, one, two = runs
-    assert run_outputs(root / "one") == run_outputs(root / "two")
-    assert {k: v for k, v in one.items() if "time" not in k and "per_s" not in k and k != "out_dir"} == {
-        k: v for k, v in two.items() if "time" not in k and "per_s" not in k and k != "out_dir"
+def _same_run(a: dict, b: dict) -> bool:
+    return {k: v for k, v in a.items() if "time" not in k and "per_s" not in k and k != "out_dir"} == {
+        k: v for k, v in b.items() if "time" not in k and "per_s" not in k and k != "out_dir"
     }
 
 
+def test_outputs_do_not_depend_on_actors_grouping_finishing_order_or_stages(runs):
+    root, _, _, one, two, fused = runs
+    assert run_outputs(root / "one") == run_outputs(root / "two") == run_outputs(root / "fused")
+    assert _same_run(one, two) and _same_run(one, fused)
+
+
 def test_cross_shard_duplicates_are_recorded_as_before(runs):
-    root, _, _, one, _ = runs
+    root, _, _, one, _, _ = runs
     rows = pq.read_table(root / "one" / manifest.DATASET_MANIFEST).to_pandas()
     found = {}
     for row in rows.itertuples():
@@ -187,10 +194,11 @@ def test_cross_shard_duplicates_are_recorded_as_before(runs):
 
 
 def test_resume_keeps_duplicate_decisions(runs, monkeypatch):
-    root, folder, refiner, _, _ = runs
+    root, folder, refiner, _, _, _ = runs
     resumed = root / "resumed"
     shutil.copytree(root / "one", resumed)
     os.remove(manifest.stats_path(str(resumed), "s0.tar"))  # s0 redone; s1 and s2 committed
-    summary = _run(monkeypatch, folder, resumed, refiner, 2, lambda paths: [paths])
+    # Resumed by the fused path: a split run's committed keys count first there too.
+    summary = _run(monkeypatch, folder, resumed, refiner, 2, lambda paths: [paths], job.FUSED)
     assert summary["shards_refined"] == 1
     assert run_outputs(resumed) == run_outputs(root / "one")

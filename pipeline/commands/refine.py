@@ -40,10 +40,14 @@ def limits_from(max_member_bytes, max_shard_bytes, max_image_pixels, max_label_b
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
 @click.option("--address", default=None, help="Ray cluster address; default: a local Ray started for this run.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when the cluster has GPUs.")
+@click.option("--stages", type=click.Choice(["fused", "split"]), default=None,
+              help="How CPU refinement is spread over processes. Default on CPU: fused (one worker per CPU reads, "
+                   "refines and writes whole shards); split: separate read tasks, refiner actors and write tasks, "
+                   "the GPU path's stages, always used on GPU.")
 @click.option("--force", is_flag=True, help="Refine even with a refiner its training run marked failed.")
 @limit_options
 @verbose_option
-def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size, address, device, force, **limits):
+def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size, address, device, stages, force, **limits):
     """Refine every shard in --in with the refiner; one output shard and manifest per input shard.
 
     Re-running resumes: shards already committed in --out, and unchanged since, are
@@ -61,6 +65,7 @@ def refine(in_dir, out_dir, refiner_path, overwrite, allow_failures, batch_size,
         batch_size=batch_size,
         address=address,
         device=device,
+        stages=stages,
         force=force,
         limits=limits_from(**limits),
     )

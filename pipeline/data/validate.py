@@ -53,16 +53,16 @@ def check_shard_names(paths: list[str], folder: str) -> None:
             )
 
 
-def check_dataset(folder: str, role: str = "", limits: shards.Limits = shards.DEFAULT_LIMITS) -> list[str]:
-    """The shards of `folder`, once every dataset-wide condition holds; otherwise raises
+def check_dataset(folder: str, role: str = "", limits: shards.Limits = shards.DEFAULT_LIMITS) -> dict[str, set[str]]:
+    """The shards of `folder` (in name order), each with the keys its tar headers name,
+    once every dataset-wide condition holds; otherwise raises
     UserError (no folder, no shards) or BadDataset (an entry that is not a regular file,
     a shard name that clashes with the dataset's files, a label with different types in
     different samples). refine-dataset and validate-shards both start here, so they
     refuse the same folders."""
     paths = shards.require_shards(folder, role)
     check_shard_names(paths, f"{role} folder {folder}".strip() if role else folder)
-    shards.check_label_kinds(paths, limits)
-    return paths
+    return shards.check_label_kinds(paths, limits)
 
 
 def _counted(items: Iterable[RawSample | Problem], report: FolderReport, shard: str, first_shard: dict[str, str],
@@ -89,7 +89,7 @@ def scan_folder(
     """Read every shard of `folder` and report what is wrong; raises UserError only when
     the folder itself is missing or holds no shards, and BadDataset for what would make
     refine-dataset refuse the folder."""
-    paths = check_dataset(folder, limits=limits)
+    paths = list(check_dataset(folder, limits=limits))
     report = FolderReport(folder, shards=len(paths))
     first_shard: dict[str, str] = {}  # key -> shard it first appeared in
     # Decoded samples: (shard, key, geometry, is a cross-shard duplicate); the geometry

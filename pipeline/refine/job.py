@@ -1,14 +1,15 @@
 """`refine-dataset`: stream input shards through refiner actors with Ray Data.
 
-Stages: read + decode (CPU tasks, each over a group of consecutive whole shards) ->
-refine (an actor pool; each actor loads the refiner once) -> write (CPU tasks: PNG
-encode, then each output shard's tar, Parquet manifest and, last, the stats file that
-marks it done). Blocks hold whole shards from read to write, and cross-shard duplicate
-keys are decided before the run from the tar headers, so any task may write any shard
-in any order with the same bytes; the driver only counts the stats each shard sends
-back. Output tars are written here rather than with `Dataset.write_webdataset`, whose
-file names are random per run; one output shard per input shard, same name, makes
-reruns idempotent and manifests diffable.
+Two plans over the same functions (see plan_resources). Split, for GPUs: read + decode
+(CPU tasks, each over a group of consecutive whole shards) -> refine (an actor pool;
+each actor loads the refiner once) -> write (CPU tasks: PNG encode, then each output
+shard's tar, Parquet manifest and, last, the stats file that marks it done). Fused, for
+CPUs: one actor pool whose workers do all three on a group of shards. Blocks hold whole
+shards from read to write, and cross-shard duplicate keys are decided before the run
+from the tar headers, so any task may write any shard in any order with the same bytes;
+the driver only counts the stats each shard sends back. Output tars are written here
+rather than with `Dataset.write_webdataset`, whose file names are random per run; one
+output shard per input shard, same name, makes reruns idempotent and manifests diffable.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pipeline.ray_session import ray_session
 from pipeline.refine.duplicates import plan_duplicates
 from pipeline.refine.progress import Progress, log, summary_text
 from pipeline.refine.read import file_size, group_shards, ok_keys, probe_geometry, read_shards
+from pipeline.refine.shard_worker import ShardWorker
 from pipeline.refine.stage import RefineStage
 from pipeline.refine.write import write_shards
 from pipeline.refiner_file import check_fits, load_refiner
@@ -62,27 +64,13 @@ TASK_RETRIES = 3
 # first ones ready while the others, perhaps on other nodes, still start; a pool that
 # cannot start within this time fails the run instead of waiting for ever.
 ACTOR_START_TIMEOUT_S = 600
+# How the work is split into Ray stages (see plan_resources).
+FUSED, SPLIT = "fused", "split"
 
 
 def _read_batch(batch: dict[str, np.ndarray], geometry, limits):
     (paths,) = batch["paths"]
     yield from read_shards(json.loads(str(paths)), geometry, limits)
-
-
-def _header_keys(paths: list[str], limits) -> dict[str, list[str]]:
-    return {path: sorted(shards.member_keys(path, limits)) for path in paths}
-
-
-def _member_keys(paths: list[str], groups: list[list[str]], limits, options: dict) -> list[set[str]]:
-    """The keys each shard's tar headers name, in the order of `paths`; one light task
-    per read group (`options`: Ray task options)."""
-    import ray
-
-    task = ray.remote(num_cpus=LIGHT_TASK_CPUS, max_retries=TASK_RETRIES, **options)(_header_keys)
-    found: dict[str, list[str]] = {}
-    for part in ray.get([task.remote(group, limits) for group in groups]):
-        found.update(part)
-    return [set(found[path]) for path in paths]
 
 
 def _stats(out_dir: str, shard: str) -> dict | None:
@@ -147,28 +135,39 @@ def _committed_keys(out_dir: str, shard_names: list[str]) -> dict[str, str]:
     return seen
 
 
-def plan_resources(cluster: dict, device: str | None) -> dict:
-    """How many refiner actors, and what each holds, for a cluster's resources.
+def plan_resources(cluster: dict, device: str | None, stages: str | None = None) -> dict:
+    """How the job runs on a cluster's resources: which stages, how many refiner actors,
+    and what each holds.
 
-    GPU when the cluster has one (or `device="cuda"`): one actor per GPU. CPU: one
-    single-CPU actor per CPU, minus a quarter of the CPUs (at least one) kept free for
-    reading and encoding.
+    GPU when the cluster has one (or `device="cuda"`): the split stages, one refiner
+    actor per GPU, fed by CPU read and write tasks. CPU: by default the fused stage
+    (`shard_worker.ShardWorker`), one single-threaded worker per CPU, each reading,
+    refining and writing whole shards; `stages="split"` runs the GPU path's stages on
+    CPU instead, one single-CPU actor per CPU, minus a quarter of the CPUs (at least
+    one) kept free for reading and encoding.
     """
     cpus = int(cluster.get("CPU", 0))
     gpus = int(cluster.get("GPU", 0))
     if device not in (None, "cpu", "cuda"):
         raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if stages not in (None, FUSED, SPLIT):
+        raise UserError(f"--stages must be {FUSED} or {SPLIT}, got {stages!r}")
     if device == "cuda" and gpus == 0:
         raise UserError("--device cuda asked for, but the Ray cluster has no GPU")
     if cpus < 1:
         raise UserError("the Ray cluster has no CPU for the read and write stages")
     if gpus and device != "cpu":
-        return {"device": "cuda", "actors": gpus, "num_gpus": 1, "num_cpus": min(1, max(cpus - 1, 0.5) / gpus), "threads": None}
+        if stages == FUSED:
+            raise UserError(f"--stages {FUSED} refines on CPU; add --device cpu, or leave --stages out to refine on the GPU")
+        return {"stages": SPLIT, "device": "cuda", "actors": gpus, "num_gpus": 1,
+                "num_cpus": min(1, max(cpus - 1, 0.5) / gpus), "threads": None}
+    if stages != SPLIT:
+        return {"stages": FUSED, "device": "cpu", "actors": cpus, "num_gpus": 0, "num_cpus": 1, "threads": 1}
     actors = max(1, cpus - max(1, cpus // 4))
     # With one actor on a small node the light tasks leave most of a core idle; letting
     # torch use every core there is what makes the pipeline keep up with a bare forward pass.
     threads = cpus if actors == 1 else 1
-    return {"device": "cpu", "actors": actors, "num_gpus": 0, "num_cpus": 1, "threads": threads}
+    return {"stages": SPLIT, "device": "cpu", "actors": actors, "num_gpus": 0, "num_cpus": 1, "threads": threads}
 
 
 def refine_dataset(
@@ -180,6 +179,7 @@ def refine_dataset(
     batch_size: int = 256,
     address: str | None = None,
     device: str | None = None,
+    stages: str | None = None,
     force: bool = False,
     limits: shards.Limits | None = None,
 ) -> dict:
@@ -204,7 +204,9 @@ def refine_dataset(
             "or pass --force to refine with it anyway"
         )
     limits = limits or shards.DEFAULT_LIMITS
-    paths = check_dataset(in_dir, "--in", limits)
+    # The keys each shard's tar headers name come from the same pass, for the duplicate plan.
+    member_keys = check_dataset(in_dir, "--in", limits)
+    paths = list(member_keys)
     if storage.same_location(in_dir, out_dir):
         raise UserError("--out must be a different folder from --in (inputs are never overwritten)")
     expected = info.geometry
@@ -232,7 +234,16 @@ def refine_dataset(
         log.info(f"refine: redoing {name}: {reason}")
     if todo:
         writing = {"out_dir": out_dir, "refiner_hash": info.content_hash}
-        _run_pipeline(todo, writing, _committed_keys(out_dir, committed), progress.update, refiner_path, expected, batch_size, address, device, limits)
+        # Decided before any refinement, so each shard's writer knows its duplicates.
+        duplicates = plan_duplicates(
+            todo,
+            [member_keys[p] for p in todo],
+            _committed_keys(out_dir, committed),
+            lambda path, keys: ok_keys(path, keys, expected, limits),
+        )
+        settings = {"refiner_path": refiner_path, "geometry": expected, "batch_size": batch_size, "device": device,
+                    "stages": stages, "limits": limits}
+        _run_pipeline(todo, writing, duplicates, progress.update, settings, address)
 
     wall = time.perf_counter() - start
     summary = manifest.write_dataset_manifest(
@@ -255,15 +266,13 @@ def refine_dataset(
     return summary
 
 
-def _run_pipeline(
-    todo, writing, committed_keys, on_commit, refiner_path, geometry, batch_size, address, device, limits
-) -> None:
+def _run_pipeline(todo, writing, duplicates, on_commit, settings: dict, address) -> None:
     # The session (and Ray itself) only starts here, so the stage and the diff work without Ray.
     with ray_session(address):
-        _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, batch_size, device, limits)
+        _stream(todo, writing, duplicates, on_commit, **settings)
 
 
-def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, batch_size, device, limits) -> None:
+def _stream(todo, writing, duplicates, on_commit, refiner_path, geometry, batch_size, device, stages, limits) -> None:
     import ray  # imported here so the stage and the diff work without Ray installed
 
     # Ray 2.60 warns that retry options passed to map_batches are deprecated (removal is
@@ -278,55 +287,29 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
         # holds whole shards from the read task to the write task (which refuses one
         # that does not). A block is then as large as a read group.
         context.target_max_block_size = None
-        plan = plan_resources(ray.cluster_resources(), device)
+        plan = plan_resources(ray.cluster_resources(), device, stages)
         # Every stage may touch storage: reading shards, loading the refiner, writing.
         options = storage.task_options(*todo, writing["out_dir"], refiner_path)
         total = sum(file_size(p) for p in todo)
         target = min(READ_GROUP_BYTES, max(1, total // (4 * max(1, int(ray.cluster_resources().get("CPU", 1))))))
         groups = group_shards(todo, target)
-        # Decided before any refinement, so each write task knows its shards' duplicates.
-        duplicates = plan_duplicates(
-            todo,
-            _member_keys(todo, groups, limits, options),
-            committed_keys,
-            lambda path, keys: ok_keys(path, keys, geometry, limits),
-        )
         ds = ray.data.from_items([{"paths": json.dumps(g)} for g in groups], override_num_blocks=len(groups))
-        ds = ds.map_batches(
-            _read_batch,
-            fn_kwargs={"geometry": geometry, "limits": limits},
-            batch_size=1,
-            batch_format="numpy",
-            num_cpus=LIGHT_TASK_CPUS,
-            max_retries=TASK_RETRIES,
-            **options,
-        )
-        ds = ds.map_batches(
-            RefineStage,
-            fn_constructor_kwargs={
-                "refiner_path": storage.absolute(refiner_path),
-                "device": plan["device"],
-                "batch_size": batch_size,
-                "threads": plan["threads"],
-            },
-            compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
-            batch_size=None,  # a whole block: the stage chunks each shard by batch_size itself
-            batch_format="numpy",
-            num_cpus=plan["num_cpus"],
-            num_gpus=plan["num_gpus"],
-            max_restarts=ACTOR_RESTARTS,
-            max_task_retries=ACTOR_TASK_RETRIES,
-            **options,
-        )
-        ds = ds.map_batches(
-            write_shards,
-            fn_kwargs={**writing, "duplicates": duplicates},
-            batch_size=None,
-            batch_format="numpy",
-            num_cpus=LIGHT_TASK_CPUS,
-            max_retries=TASK_RETRIES,
-            **options,
-        )
+        refining = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_TASK_RETRIES, **options,
+                    # No more actors than groups: an idle one would only cost its start (and a warning).
+                    "compute": ray.data.ActorPoolStrategy(size=min(plan["actors"], len(groups))), "batch_format": "numpy",
+                    "num_cpus": plan["num_cpus"], "num_gpus": plan["num_gpus"]}
+        if plan["stages"] == FUSED:
+            ds = ds.map_batches(
+                ShardWorker,
+                fn_constructor_kwargs={
+                    "refiner_path": storage.absolute(refiner_path), "geometry": geometry, "limits": limits,
+                    **writing, "duplicates": duplicates, "batch_size": batch_size, "threads": plan["threads"],
+                },
+                batch_size=1,
+                **refining,
+            )
+        else:
+            ds = _split_stages(ds, plan, refining, writing, duplicates, refiner_path, geometry, batch_size, limits, options)
         done = set()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for text in batch["stats"]:
@@ -338,3 +321,36 @@ def _stream(todo, writing, committed_keys, on_commit, refiner_path, geometry, ba
             raise RuntimeError(f"shards left uncommitted by the pipeline: {missing}")
     finally:
         context.target_max_block_size, context.wait_for_min_actors_s = saved
+
+
+def _split_stages(ds, plan, refining, writing, duplicates, refiner_path, geometry, batch_size, limits, options):
+    """Read tasks -> refiner actors -> write tasks: the GPU path (and `--stages split`)."""
+    ds = ds.map_batches(
+        _read_batch,
+        fn_kwargs={"geometry": geometry, "limits": limits},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=LIGHT_TASK_CPUS,
+        max_retries=TASK_RETRIES,
+        **options,
+    )
+    ds = ds.map_batches(
+        RefineStage,
+        fn_constructor_kwargs={
+            "refiner_path": storage.absolute(refiner_path),
+            "device": plan["device"],
+            "batch_size": batch_size,
+            "threads": plan["threads"],
+        },
+        batch_size=None,  # a whole block: the stage chunks each shard by batch_size itself
+        **refining,
+    )
+    return ds.map_batches(
+        write_shards,
+        fn_kwargs={**writing, "duplicates": duplicates},
+        batch_size=None,
+        batch_format="numpy",
+        num_cpus=LIGHT_TASK_CPUS,
+        max_retries=TASK_RETRIES,
+        **options,
+    )

@@ -1,4 +1,5 @@
-"""Stand-ins for the refine pipeline's stages that wait to be killed, once, mid-run.
+"""Stand-ins for the refine pipeline's stages (the split path's refiner actor and write
+task, the fused path's worker) that wait to be killed, once, mid-run.
 
 The first batch a stand-in gets (in any process) writes the process id to a pid file and
 then waits; a test kills that process, Ray runs the work again in a fresh one, which finds
@@ -13,6 +14,7 @@ import signal
 import threading
 import time
 
+from pipeline.refine.shard_worker import ShardWorker
 from pipeline.refine.stage import RefineStage
 from pipeline.refine.write import write_shards
 
@@ -36,7 +38,10 @@ def _stall_once(pid_file: str) -> None:
     raise RuntimeError(f"{pid_file}: this process was not killed within {WAIT_S} s")
 
 
-class RefinerKilledOnce(RefineStage):
+class _KilledOnce:
+    """Mixed into a stage class: each construction appends its process id to
+    REFINER_STARTS; the first call in any process waits to be killed."""
+
     def __init__(self, refiner_path: str, *args, **kwargs):
         super().__init__(refiner_path, *args, **kwargs)
         self.folder = os.path.dirname(refiner_path)
@@ -46,6 +51,14 @@ class RefinerKilledOnce(RefineStage):
     def __call__(self, batch):
         _stall_once(os.path.join(self.folder, REFINER_PID))
         return super().__call__(batch)
+
+
+class RefinerKilledOnce(_KilledOnce, RefineStage):
+    """The split path's refiner actor."""
+
+
+class WorkerKilledOnce(_KilledOnce, ShardWorker):
+    """The fused path's worker (read, refine, write in one actor), killed holding its first group."""
 
 
 def writer_killed_once(batch, out_dir: str, **kwargs):
