@@ -300,7 +300,11 @@ class Refiner(nn.Module):
         self.blocks = nn.Sequential(*[ResnetBlock(spec.features, k) for _ in range(spec.blocks)])
         self.conv_out = nn.Conv2d(spec.features, spec.channels, 1)
         # Start close to the identity; self-regularisation pre-training finishes the job.
-        nn.init.normal_(self.conv_out.weight, std=1e-3)
+        with torch.no_grad():
+            # Drawn on the CPU and copied: the same numbers as nn.init.normal_, but a
+            # refiner built on the meta device (to check a file's shapes) does not pay
+            # ~2 s for torch's Python meta kernel of normal_ (it imports torch._dynamo).
+            self.conv_out.weight.copy_(torch.empty(self.conv_out.weight.shape, device="cpu").normal_(0.0, 1e-3))
         nn.init.zeros_(self.conv_out.bias)
 
     def appearance(self, x: torch.Tensor) -> torch.Tensor:
