@@ -36,12 +36,12 @@ def _refine_job(cluster, in_dir, out_dir, refiner) -> str:
 def test_refine_job_on_one_node_then_two_writes_the_same_bytes(tmp_path, cluster):
     in_dir = str(tmp_path / "in")
     simulate("digits", SHARDS * PER_SHARD, in_dir, seed=0, workers=1, per_shard=PER_SHARD)
-    # Slow enough (about 0.5 s a shard on one thread) that shards wait for a refiner
-    # actor: Ray Data gives each block to the least busy actor, so a refiner that is
-    # faster than the reading leaves every shard to the same one.
+    # Slow enough (about 0.5 s a shard on one thread) that shards wait for a worker:
+    # Ray Data gives each block to the least busy actor, so a refiner that is faster
+    # than the hand-out leaves every shard to the same one.
     refiner = make_refiner(str(tmp_path / "refiner.safetensors"), size=28, features=64, blocks=4)
-    # Two CPUs per node: one node runs one refiner actor, two nodes run three (a CPU is
-    # left for reading and writing), at least one on each node.
+    # Two CPUs per node, no GPU: the fused plan runs one worker (read, refine, write)
+    # per CPU, two on one node, four on two, at least one on each node.
     cluster.start_head(num_cpus=2)
 
     one = str(tmp_path / "one-node")
