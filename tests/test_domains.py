@@ -32,8 +32,10 @@ def test_each_variant_changes_appearance_as_named(digits):
     assert faded.min() >= 85 and faded.max() <= 175 and faded.std() < 0.4 * digits.std()
     noisy = made["noisy"].astype(float)
     assert np.abs(noisy[:, 0, 0] - noisy[:, 0, 1]).mean() > 5  # grain where the original is flat black
+    grainy = made["grainy"].astype(float)
+    assert np.abs(grainy[:, 0, 0] - grainy[:, 0, 1]).mean() > 5 and abs(grainy.mean() - digits.mean()) < 15
     # Content stays: every variant's ink (or paper, inverted) lies where the digit is.
-    for name in ("thick", "thin", "low-contrast", "noisy"):
+    for name in ("thick", "thin", "low-contrast", "noisy", "grainy"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

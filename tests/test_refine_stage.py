@@ -9,6 +9,8 @@ import torch
 from pipeline.manifest import OK
 from pipeline.refine.stage import RefineStage, from_tensor, to_tensor
 from pipeline.refiner_file import RefinerFileError
+from pipeline.models import Refiner, RefinerSpec
+from pipeline.refiner_file import save_refiner
 from helpers.refine import image, make_refiner
 
 
@@ -29,6 +31,26 @@ def test_partial_last_batch_is_refined_like_the_rest(grey_refiner, rng):
     assert refined.shape == images.shape and refined.dtype == np.uint8
     np.testing.assert_array_equal(refined, one_by_one)
     assert (refined[-2:] != images[-2:]).any(), "the last partial chunk must be refined"
+
+
+def test_a_refiner_with_grain_gives_the_same_bytes_in_any_batch(tmp_path, rng):
+    # The grain is a function of each image: refining again, in other batches, is exact.
+    torch.manual_seed(0)
+    refiner = Refiner(RefinerSpec(kernel=3, features=4, blocks=1, tone_map=True, grain=True))
+    with torch.no_grad():
+        refiner.tone.table.copy_(0.2 + 0.6 * torch.linspace(0, 1, refiner.tone.table.shape[1])[None])
+        refiner.grain.sigma.fill_(0.1)
+    path = str(tmp_path / "grain.safetensors")
+    save_refiner(path, refiner, "tiny", 16, 16)
+    images = np.stack([image(rng) for _ in range(10)])
+    refined = RefineStage(path, device="cpu", batch_size=4).refine_images(images)
+    again = np.concatenate([RefineStage(path, device="cpu", batch_size=3).refine_images(images[i : i + 5]) for i in (0, 5)])
+    np.testing.assert_array_equal(refined, again)
+    # Grain on grey paper: neighbouring pixels of a flat image differ.
+    flat = np.full((2, 16, 16), 128, np.uint8)
+    flat[1, 0, 0] = 200  # another image after the tone curve too
+    grainy = RefineStage(path, device="cpu").refine_images(flat).astype(int)
+    assert np.abs(np.diff(grainy[0], axis=1)).mean() > 10 and (grainy[0] != grainy[1]).mean() > 0.5
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,17 @@
 """The options beyond the paper: the residual output form, the learned deformation, the
-label-consistency loss, spectral normalisation in D, the fitted tone curve and the noise
-channel. Each test fails if its option does nothing."""
+label-consistency loss, spectral normalisation in D, the fitted stroke width, tone curve
+and sensor grain, and the noise channel. Each test fails if its option does nothing."""
 
 import pytest
 import torch
 
 from pipeline.errors import UserError
 from pipeline.models import (
-    Deformation, Discriminator, Refiner, RefinerSpec, StrokeWidth, ToneMap, discriminator_preset, image_noise,
+    Deformation, Discriminator, Grain, Refiner, RefinerSpec, StrokeWidth, ToneMap, discriminator_preset, image_noise,
 )
 from pipeline.refiner_file import load_refiner, save_refiner
 from pipeline.training import losses, task
-from pipeline.training.tone import fit_stroke_width, fit_tone_table
+from pipeline.training.tone import fit_grain, fit_stroke_width, fit_tone_table, noise_level
 from pipeline.training.step import build_state, train_step
 from helpers.train import pools, tiny_config
 
@@ -182,7 +182,7 @@ def test_with_a_tone_curve_the_refiner_is_regularised_towards_the_tone_mapped_in
     config = tiny_config(pretrain_refiner_steps=30, pretrain_discriminator_steps=0, iterations=0, tone_map=True,
                          lr_refiner=2e-3)
     table, _ = fit_tone_table(synthetic, faded)
-    state = build_state(config, (1, 16, 16), faded, tone_table=table)
+    state = build_state(config, (1, 16, 16), faded, fitted={"tone": {"table": table}})
     for _ in range(config.total_steps):
         train_step(state, config, synthetic, faded)
     with torch.no_grad():
@@ -213,20 +213,88 @@ def test_image_noise_depends_only_on_the_image_and_feeds_the_refiner():
     assert (out[0, 0, 4:8, 4:8] - out[1, 0, 4:8, 4:8]).abs().mean() > 0.01
 
 
-def test_the_tone_curve_stroke_width_and_noise_travel_in_the_refiner_file(tmp_path):
-    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True, stroke=True))
+def _grainy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
+    """Strokes on mid-grey paper (so that clipping does not hide the noise) with noise."""
+    g = torch.Generator().manual_seed(seed)
+    return (0.3 + 0.4 * images + sigma * torch.randn(images.shape, generator=g)).clamp(0, 1)
+
+
+def test_grain_is_fitted_to_the_noise_the_synthetic_images_lack():
+    synthetic = 0.3 + 0.4 * _strokes(300)
+    assert noise_level(synthetic).item() == 0.0  # a clean rendering
+    real = _grainy(_strokes(300, seed=1), 0.06)
+    assert abs(noise_level(real).item() - 0.06) < 0.008  # the glyphs' edges do not count
+    assert abs(fit_grain(synthetic, real)["sigma"].item() - 0.06) < 0.008
+    # Real images as clean as the synthetic ones, or no noisier: no grain at all.
+    assert fit_grain(synthetic, 0.3 + 0.4 * _strokes(300, seed=1))["sigma"].item() == 0.0
+    assert fit_grain(_grainy(_strokes(300), 0.06, seed=2), real)["sigma"].item() == 0.0
+    # Variances add: real noise 0.06 over synthetic noise 0.03 leaves about 0.052.
+    assert abs(fit_grain(_grainy(_strokes(300), 0.03, seed=2), real)["sigma"].item() - 0.052) < 0.01
+    # Noise clipped at black hides part of itself, in the real images and in the grain
+    # alike: on black paper the fit finds the noise that was added, not the part left.
+    clipped = (_strokes(300, seed=1) + 0.06 * torch.randn(300, 1, 16, 16, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    assert noise_level(clipped).item() < 0.045
+    assert abs(fit_grain(_strokes(300), clipped)["sigma"].item() - 0.06) < 0.01
+
+
+def test_grain_is_the_identity_at_zero_and_the_same_noise_for_the_same_image():
+    grain = Grain(1)
+    x = 0.3 + 0.4 * _strokes(8)
+    assert torch.equal(grain(x), x)
+    grain.sigma.fill_(0.05)
+    y = grain(x)
+    assert abs((y - x).std().item() - 0.05) < 0.01 and y.min() >= 0 and y.max() <= 1
+    assert torch.equal(grain(x[3:5]), y[3:5])  # not on the batch it is in, nor on a generator
+    assert (y[0] - x[0] - (y[1] - x[1])).abs().mean() > 0.02  # another image, other grain
+
+
+def test_fitted_grain_reaches_the_refined_images():
+    synthetic, real = 0.3 + 0.4 * _strokes(64), _grainy(_strokes(64, seed=1), 0.06)
+    config = tiny_config(grain=True)
+    state = build_state(config, (1, 16, 16), real, fitted={"grain": fit_grain(synthetic, real)})
+    with torch.no_grad():
+        refined = state.refiner(synthetic)
+        plain = Refiner(RefinerSpec(**{**state.refiner.spec.to_dict(), "grain": False}))
+        plain.load_state_dict({k: v for k, v in state.refiner.state_dict().items() if not k.startswith("grain.")})
+    assert noise_level(plain(synthetic)).item() < 0.005
+    assert abs(noise_level(refined).item() - 0.06) < 0.015
+
+
+def test_grain_fitted_to_zero_leaves_training_exactly_as_without_it():
+    # Domains as clean as the simulator get no grain: their refiners must be the ones
+    # trained before grain existed, bit for bit.
+    synthetic = _strokes(32)
+    real = 0.1 + 0.6 * _strokes(32, seed=1)
+    weights = []
+    for grain in (False, True):
+        config = tiny_config(grain=grain, iterations=3)
+        fitted = {"grain": fit_grain(synthetic, real)} if grain else None
+        torch.manual_seed(0)
+        state = build_state(config, (1, 16, 16), real, fitted=fitted)
+        for _ in range(config.total_steps):
+            train_step(state, config, synthetic, real)
+        weights.append({k: v for k, v in state.refiner.state_dict().items() if not k.startswith("grain.")})
+    assert fitted["grain"]["sigma"].item() == 0.0
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_fitted_input_changes_and_noise_travel_in_the_refiner_file(tmp_path):
+    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True, stroke=True, grain=True))
     with torch.no_grad():
         refiner.tone.table.copy_(0.2 + 0.5 * torch.linspace(0, 1, ToneMap.LEVELS)[None])
         refiner.stroke.target.add_(1.0)  # every stroke a pixel wider
+        refiner.grain.sigma.fill_(0.05)
     path = str(tmp_path / "refiner.safetensors")
     save_refiner(path, refiner, "digits", 16, 16)
     loaded, info = load_refiner(path)
-    assert info.spec.tone_map and info.spec.noise and info.spec.stroke
+    assert info.spec.tone_map and info.spec.noise and info.spec.stroke and info.spec.grain
     x = _strokes(4)
     with torch.no_grad():
         assert torch.allclose(loaded(x), refiner.eval()(x))
         assert loaded.tone(x).min() >= 0.19
         assert loaded.stroke(x).sum() > x.sum() * 1.2
+        assert loaded.grain.sigma.item() == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("bad, message", [

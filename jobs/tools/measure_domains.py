@@ -4,7 +4,7 @@
         [--set key=value ...] [--seeds 3] [--local]
 
 For each MNIST variant (`simgan import-real mnist --variant V`: the same real digits
-drawn thick, thin, faded, noisy or inverted) it runs the user's commands one after
+drawn thick, thin, faded, noisy, grainy or inverted) it runs the user's commands one after
 another: import the real digits, `simgan train` the synthetic digits against that
 domain's unlabelled split, `refine-dataset`, and `simgan evaluate` on the domain's
 labelled test split (3 downstream seeds). When `simgan train` refuses to export a
@@ -21,7 +21,9 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ["none", "thick", "thin", "low-contrast", "noisy", "inverted"]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from pipeline.data.domains import VARIANTS  # noqa: E402
 
 
 def run(command: list[str], log) -> int:
@@ -39,7 +41,7 @@ def cell(summary: dict, scale: float = 100.0) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--preset", default="digits")
     parser.add_argument("--set", dest="pairs", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seeds", type=int, default=3)

@@ -7,6 +7,7 @@ import sys
 import click
 
 from pipeline.data import digits
+from pipeline.data.domains import VARIANTS
 from pipeline.data import import_real as importers
 from pipeline.data import simulate as simulation
 from pipeline.data import validate
@@ -50,7 +51,7 @@ def simulate(kind, count, out_dir, seed, workers, per_shard, overwrite, renderin
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="MNIST split seed.")
 @click.option("--variant", default="none", show_default=True,
-              type=click.Choice(["none", "thick", "thin", "low-contrast", "noisy", "inverted"]),
+              type=click.Choice(list(VARIANTS)),
               help="mnist: another real domain made from the same digits (appearance only).")
 @click.option("--grey", is_flag=True, help="--from-folder: store 8-bit images as grey.")
 @click.option("--prefix", default="real", show_default=True, help="--from-folder: shard name prefix.")
@@ -60,7 +61,7 @@ def import_real(kind, source, from_folder, out_dir, seed, variant, grey, prefix,
     """Bring real images into shards.
 
     \b
-      simgan import-real mnist --out DIR [--seed S] [--variant thick|thin|low-contrast|noisy|inverted]
+      simgan import-real mnist --out DIR [--seed S] [--variant thick|thin|low-contrast|noisy|grainy|inverted]
       simgan import-real unityeyes UNITYEYES_OUTPUT_DIR --out DIR
       simgan import-real mpiigaze MPIIGAZE_DIR --out DIR
       simgan import-real --from-folder IMAGES_DIR --out DIR

@@ -1,7 +1,8 @@
 """Other real domains made from the same real digits: a refiner must not make any of them worse.
 
 A user's real images differ from the simulator's in ways nobody lists in advance:
-thicker or thinner pens, faded scans, sensor noise, dark-on-light paper. Each variant
+thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
+and grey paper), dark-on-light paper. Each variant
 here is one such change applied to real MNIST digits, so robustness can be measured on
 real handwriting in several appearances (`simgan import-real mnist --variant NAME`).
 Variants change appearance only: the class of every digit stays what it was.
@@ -49,6 +50,11 @@ def noisy(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _as_uint8(x + rng.normal(0, 18, size=x.shape))
 
 
+def grainy(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sensor noise alone: Gaussian noise of 25 levels on the digits as they are, clipped."""
+    return _as_uint8(images.astype(np.float32) + rng.normal(0, 25, size=images.shape))
+
+
 def inverted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Dark ink on light paper: the opposite polarity of the simulator's digits."""
     return 255 - images
@@ -60,6 +66,7 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "thin": thin,
     "low-contrast": low_contrast,
     "noisy": noisy,
+    "grainy": grainy,
     "inverted": inverted,
 }
 

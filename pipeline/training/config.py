@@ -82,6 +82,9 @@ class TrainConfig:
     # A stroke-width curve fitted to the real images (pipeline.training.tone) before the
     # tone curve: a broader or finer pen than the simulator's, without an L1 cost.
     stroke_width: bool = False
+    # Sensor grain fitted to the real images' noise (pipeline.training.tone), added after
+    # the tone curve; none when the real images are as clean as the synthetic ones.
+    grain: bool = False
     # A noise channel into the refiner (pipeline.models.image_noise) for real images with
     # sensor grain.
     refiner_noise: bool = False
@@ -122,6 +125,7 @@ PRESETS: dict[str, dict] = {
         "select_every": 25,
         "tone_map": True,
         "stroke_width": True,
+        "grain": True,
     },
     # CPU demo on 35x55 eyes.
     "eyes": {"model": "eyes", "label": "gaze"},

@@ -61,6 +61,10 @@ def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str
         middle = StrokeWidth.QUANTILES // 2
         log.info(f"its stroke-width curve, fitted to the real images, takes the median stroke from "
                  f"{refiner.stroke.source[middle]:.2f} to {refiner.stroke.target[middle]:.2f} px")
+    if refiner.grain is not None:
+        sigma = ", ".join(f"{value * 255:.1f}" for value in refiner.grain.sigma.tolist())
+        log.info(f"its sensor grain, fitted to the real images, adds noise of standard deviation {sigma} of 255 levels"
+                 if refiner.grain.sigma.any() else "its sensor grain is off: the real images are no noisier than the synthetic")
     return path
 
 

@@ -16,7 +16,7 @@ from pipeline.training.outputs import RunOutputs, write_grid
 from pipeline.training.selection import Prepared, Selector, prepare
 from pipeline.training.step import TrainState, build_state, images_left, images_per_step, train_step, unwrap
 from pipeline.training.task import Labels
-from pipeline.training.tone import fit_stroke_width, fit_tone_table
+from pipeline.training.tone import fit_input_changes
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -70,9 +70,8 @@ def start(config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor, labe
           device, wrap=lambda model: model) -> tuple[TrainState, Prepared]:
     """The held-out split, the task network and a fresh state: the same on every worker."""
     prepared = prepare(config, synthetic.to(device), real.to(device), labels)
-    tone_table = fit_tone_table(prepared.synthetic, prepared.real)[0] if config.tone_map else None
-    stroke = fit_stroke_width(prepared.synthetic, prepared.real) if config.stroke_width else None
-    state = build_state(config, tuple(synthetic.shape[1:]), prepared.real, device, wrap, tone_table, stroke)
+    fitted = fit_input_changes(config, prepared.synthetic, prepared.real)
+    state = build_state(config, tuple(synthetic.shape[1:]), prepared.real, device, wrap, fitted)
     if config.label_consistency_weight > 0:
         state.task_network = prepared.held_out.network
     return state, prepared

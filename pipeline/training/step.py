@@ -60,7 +60,7 @@ def make_optimizer(params, config: TrainConfig, lr: float) -> torch.optim.Optimi
 
 def refiner_spec(config: TrainConfig, channels: int) -> RefinerSpec:
     return refiner_preset(config.model, channels, config.refiner_output, config.deform_pixels, config.tone_map,
-                          config.refiner_noise, config.stroke_width)
+                          config.refiner_noise, config.stroke_width, config.grain)
 
 
 def build_networks(config: TrainConfig, channels: int) -> tuple[Refiner, Discriminator]:
@@ -84,17 +84,16 @@ def build_state(
     real: torch.Tensor,
     device: torch.device | str = "cpu",
     wrap=lambda model: model,
-    tone_table: torch.Tensor | None = None,
-    stroke: dict[str, torch.Tensor] | None = None,
+    fitted: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> TrainState:
     """A fresh state. `wrap` turns each network into its distributed form (identity
-    locally); `tone_table` is the refiner's fitted tone curve when config.tone_map,
-    `stroke` the buffers of its stroke-width curve when config.stroke_width."""
+    locally); `fitted` holds the buffers of the refiner's fitted input changes, by
+    module ("stroke", "tone", "grain"), as pipeline.training.tone.fit_input_changes
+    makes them."""
     refiner, discriminator = build_networks(config, image_shape[0])
-    if tone_table is not None:
-        refiner.tone.table.copy_(tone_table)
-    for name, value in (stroke or {}).items():
-        getattr(refiner.stroke, name).copy_(value)
+    for module, buffers in (fitted or {}).items():
+        for name, value in buffers.items():
+            getattr(getattr(refiner, module), name).copy_(value)
     refiner, discriminator = refiner.to(device), discriminator.to(device)
     reference = reference_batch(real, config.batch_size, config.seed).to(device) if config.virtual_batch_norm else None
     averaging = config.historical_averaging > 0

@@ -1,5 +1,6 @@
 """Fitting the refiner's fixed input changes to the real images: the stroke width
-(pipeline.models.StrokeWidth) and the tone curve (pipeline.models.ToneMap).
+(pipeline.models.StrokeWidth), the tone curve (pipeline.models.ToneMap) and the sensor
+grain (pipeline.models.Grain). No labels are used.
 
 The curve is the straight line that takes the synthetic images' darkest and brightest
 tones (their 1st and 99th percentiles, channel by channel) to the real images'. Matching
@@ -16,13 +17,22 @@ real image is kept. No labels are used.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from pipeline.models import StrokeWidth, ToneMap
+from pipeline.models import Grain, StrokeWidth, ToneMap
 
 # Images and pixels per channel used for the fit: plenty for two percentiles.
 FIT_IMAGES = 2000
 FIT_PIXELS = 1_000_000
 PERCENTILES = (0.01, 0.99)
+# Grain weaker than this (about 2.5 of 255 levels), or than half the synthetic images'
+# own noise (the estimates' error then dominates the difference), is left out: the
+# images count as equally clean.
+GRAIN_FLOOR = 0.01
+# Bisection steps for the grain's sigma in 0..1: to about 0.001 (a quarter of a level).
+GRAIN_STEPS = 10
+# The median absolute value of a standard normal variable.
+_MEDIAN_ABS_NORMAL = 0.6745
 
 
 def _extremes(images: torch.Tensor) -> torch.Tensor:
@@ -49,10 +59,21 @@ def _apply(table: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return tone(images)
 
 
-def fit_tone_table(synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """The table for ToneMap and which way it runs ("rising" or "falling")."""
-    synthetic = synthetic[:FIT_IMAGES].detach().float().cpu()
-    real = real[:FIT_IMAGES].detach().float().cpu()
+def _prepared(images: torch.Tensor) -> torch.Tensor:
+    """The images a fit looks at: the first FIT_IMAGES, as float on the CPU, and, when
+    they are noisy, 3x3-median filtered. Percentiles of noisy images measure the noise's
+    extremes (clipped to black or white), not the paper's and the ink's tones, and noise
+    breaks every stroke's outline; the median keeps edges and removes most noise. Clean
+    images are left exactly as they are."""
+    images = images[:FIT_IMAGES].detach().float().cpu()
+    if noise_level(images).max() < GRAIN_FLOOR:
+        return images
+    n, c, h, w = images.shape
+    patches = F.unfold(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3)  # (n, c * 9, h * w)
+    return patches.view(n, c, 9, h * w).median(dim=2).values.view(n, c, h, w)
+
+
+def _tone(synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, str]:
     lines = fit_lines(synthetic, real)
     mean_real = real.mean(0)
     distance = {name: (_apply(table, synthetic).mean(0) - mean_real).abs().mean().item() for name, table in lines.items()}
@@ -60,18 +81,21 @@ def fit_tone_table(synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.T
     return lines[direction], direction
 
 
+def fit_tone_table(synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The table for ToneMap and which way it runs ("rising" or "falling")."""
+    return _tone(_prepared(synthetic), _prepared(real))
+
 
 def fit_stroke_width(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
     """The buffers of pipeline.models.StrokeWidth fitted to the real images."""
-    synthetic = synthetic[:FIT_IMAGES].detach().float().cpu()
-    real = real[:FIT_IMAGES].detach().float().cpu()
+    synthetic, real = _prepared(synthetic), _prepared(real)
     low, high = _extremes(synthetic).mean(dim=0).tolist()
     # Ink is the minority tone: on a light page, the dark extreme.
     dark_ink = synthetic.mean().item() > (low + high) / 2
     paper, ink = (high, low) if dark_ink else (low, high)
     # The real page has the tone the synthetic page gets from the tone curve.
     real_low, real_high = _extremes(real).mean(dim=0).tolist()
-    falling = fit_tone_table(synthetic, real)[1] == "falling"
+    falling = _tone(synthetic, real)[1] == "falling"
     real_paper, real_ink = (real_high, real_low) if dark_ink != falling else (real_low, real_high)
     quantiles = torch.linspace(0, 1, StrokeWidth.QUANTILES)
 
@@ -84,3 +108,65 @@ def fit_stroke_width(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, t
     source = torch.cummax(widths(synthetic, paper, ink), 0).values + torch.arange(len(quantiles)) * 1e-4
     return {"source": source, "target": widths(real, real_paper, real_ink),
             "tones": torch.tensor([paper, ink])}
+
+
+def noise_level(images: torch.Tensor) -> torch.Tensor:
+    """(channels,): the standard deviation of pixel noise in float NCHW images, by the
+    usual robust estimate: the median absolute diagonal Haar detail over 0.6745. Each
+    non-overlapping 2x2 block's (a - b - c + d) / 2 holds one pixel's worth of noise
+    and is zero wherever the picture is flat or has a straight horizontal or vertical
+    edge, so glyphs barely move the median; clean renderings and scans give 0."""
+    images = images[:FIT_IMAGES].detach().float().cpu()
+    h, w = images.shape[2] // 2 * 2, images.shape[3] // 2 * 2
+    x = images[..., :h, :w]
+    detail = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 2
+    return detail.abs().transpose(0, 1).reshape(images.shape[1], -1).median(dim=1).values / _MEDIAN_ABS_NORMAL
+
+
+def fit_grain(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The buffer of pipeline.models.Grain for `synthetic` images as the grain gets them
+    (after the stroke width and tone curve): the sigma at which they measure as noisy
+    as the real images. Found by bisection on the grain itself, since clipping at black
+    and white hides part of any noise, the real images' and the grain's alike. Zero
+    where the real images are no noisier than the synthetic ones (the missing noise,
+    variances adding, under GRAIN_FLOOR or half the synthetic noise)."""
+    synthetic = synthetic[:FIT_IMAGES].detach().float().cpu()
+    own, target = noise_level(synthetic), noise_level(real)
+    missing = (target**2 - own**2).clamp(min=0).sqrt()
+    sigma = torch.zeros_like(missing)
+    for channel in range(len(sigma)):
+        if missing[channel] < GRAIN_FLOOR or missing[channel] < own[channel] / 2:
+            continue
+        grain, low, high = Grain(1), 0.0, 1.0
+        images = synthetic[:, channel : channel + 1]
+        for _ in range(GRAIN_STEPS):
+            grain.sigma.fill_((low + high) / 2)
+            if noise_level(grain(images)).item() < target[channel].item():
+                low = grain.sigma.item()
+            else:
+                high = grain.sigma.item()
+        sigma[channel] = (low + high) / 2
+    return {"sigma": sigma}
+
+
+def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """The buffers of each fixed input change the config turns on, by refiner module
+    name, fitted to these images (as pipeline.training.step.build_state takes them).
+    Each is fitted to the synthetic images as the changes before it leave them."""
+    fitted: dict[str, dict[str, torch.Tensor]] = {}
+    if config.stroke_width:
+        fitted["stroke"] = fit_stroke_width(synthetic, real)
+    if config.tone_map:
+        fitted["tone"] = {"table": fit_tone_table(synthetic, real)[0]}
+    if config.grain:
+        changed = synthetic[:FIT_IMAGES].detach().float().cpu()
+        with torch.no_grad():
+            if "stroke" in fitted:
+                stroke = StrokeWidth()
+                for name, value in fitted["stroke"].items():
+                    getattr(stroke, name).copy_(value)
+                changed = stroke(changed)
+            if "tone" in fitted:
+                changed = _apply(fitted["tone"]["table"], changed)
+        fitted["grain"] = fit_grain(changed, real)
+    return fitted
