@@ -11,7 +11,7 @@ from pipeline.models import (
 )
 from pipeline.refiner_file import load_refiner, save_refiner
 from pipeline.training import losses, task
-from pipeline.training.tone import fit_grain, fit_stroke_width, fit_tone_table, noise_level
+from pipeline.training.tone import fit_grain, fit_stroke_width, fit_tone_table, keep_labels, noise_level
 from pipeline.training.step import build_state, train_step
 from helpers.train import pools, tiny_config
 
@@ -211,6 +211,43 @@ def test_image_noise_depends_only_on_the_image_and_feeds_the_refiner():
     # A plain refiner maps a flat image to a flat image; with noise it has grain.
     assert out[0, 0, 4:8, 4:8].std() > 0.01
     assert (out[0, 0, 4:8, 4:8] - out[1, 0, 4:8, 4:8]).abs().mean() > 0.01
+
+
+class _ReadsWidth(torch.nn.Module):
+    """A stand-in task network whose class is whether a stroke is wider than `limit`
+    pixels (ink per row of a 10-row stroke)."""
+
+    kind = task.CLASSIFICATION
+
+    def __init__(self, limit: float):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x):
+        width = x.sum(dim=(1, 2, 3)) / 10
+        return torch.stack([self.limit - width, width - self.limit], dim=1)
+
+
+def test_the_stroke_curve_is_scaled_back_until_the_task_network_reads_the_same_labels():
+    synthetic = _strokes(100, width=2)
+    broad = fit_stroke_width(synthetic, _strokes(100, width=6, seed=1))  # a pen 4 px broader
+    # A task network that does not care keeps the whole change.
+    kept, fraction = keep_labels(broad, _ReadsWidth(100.0), synthetic, 0.95)
+    assert fraction == 1.0 and torch.equal(kept["target"], broad["target"])
+    # One that calls a stroke over 3.5 px something else: all of it would flip every label.
+    network = _ReadsWidth(3.5)
+    whole = StrokeWidth()
+    for name, value in broad.items():
+        getattr(whole, name).copy_(value)
+    assert task.consistency(network, synthetic, whole(synthetic)) < 0.1
+    kept, fraction = keep_labels(broad, network, synthetic, 0.95)
+    assert 0.1 < fraction < 0.6
+    scaled = StrokeWidth()
+    for name, value in kept.items():
+        getattr(scaled, name).copy_(value)
+    adjusted = scaled(synthetic)
+    assert task.consistency(network, synthetic, adjusted) >= 0.95
+    assert adjusted.sum() > synthetic.sum() * 1.1  # still broader than the simulator's pen
 
 
 def _grainy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.models import Grain, StrokeWidth, ToneMap
+from pipeline.training import task
 
 # Images and pixels per channel used for the fit: plenty for two percentiles.
 FIT_IMAGES = 2000
@@ -29,6 +30,12 @@ PERCENTILES = (0.01, 0.99)
 # own noise (the estimates' error then dominates the difference), is left out: the
 # images count as equally clean.
 GRAIN_FLOOR = 0.01
+# The stroke-width curve is scaled towards the identity until the task network reads
+# at least min_label_consistency + this on held-out synthetic images so adjusted: the
+# refiner's own changes then still have room under the selection's threshold.
+STROKE_LABEL_MARGIN = 0.05
+# Bisection steps for that scale in 0..1.
+STROKE_STEPS = 6
 # Bisection steps for the grain's sigma in 0..1: to about 0.001 (a quarter of a level).
 GRAIN_STEPS = 10
 # The median absolute value of a standard normal variable.
@@ -170,3 +177,37 @@ def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor) -> di
                 changed = _apply(fitted["tone"]["table"], changed)
         fitted["grain"] = fit_grain(changed, real)
     return fitted
+
+
+def _scaled(stroke: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    return {**stroke, "target": stroke["source"] + fraction * (stroke["target"] - stroke["source"])}
+
+
+def keep_labels(stroke: dict[str, torch.Tensor], network: task.TaskNetwork, synthetic: torch.Tensor,
+                least: float) -> tuple[dict[str, torch.Tensor], float]:
+    """The stroke-width buffers, scaled towards the identity (target widths moved back
+    towards source widths) just enough that `network`, the task network trained on the
+    simulator's labels, reads at least `least` of the `synthetic` images so adjusted as
+    it reads them unadjusted; and the fraction of the fitted change kept (1.0: all).
+
+    A pen much broader than the simulator's closes the loops of its bold glyphs (an 8
+    becomes a blot) and no refiner can undo that; a partial change keeps the labels."""
+    synthetic = synthetic[:FIT_IMAGES].detach().float()
+
+    def reads(fraction: float) -> float:
+        module = StrokeWidth().to(synthetic.device)
+        for name, value in _scaled(stroke, fraction).items():
+            getattr(module, name).copy_(value)
+        with torch.no_grad():
+            return task.consistency(network, synthetic, module(synthetic))
+
+    if reads(1.0) >= least:
+        return stroke, 1.0
+    low, high = 0.0, 1.0
+    for _ in range(STROKE_STEPS):
+        middle = (low + high) / 2
+        if reads(middle) >= least:
+            low = middle
+        else:
+            high = middle
+    return _scaled(stroke, low), low
