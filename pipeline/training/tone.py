@@ -1,6 +1,7 @@
 """Fitting the refiner's fixed input changes to the real images: the stroke width
 (pipeline.models.StrokeWidth), the tone curve (pipeline.models.ToneMap) and the sensor
-grain (pipeline.models.Grain). No labels are used.
+grain (pipeline.models.Grain). No real labels are used; the stroke curve is checked
+against the task network trained on the simulator's labels (keep_labels).
 
 The curve is the straight line that takes the synthetic images' darkest and brightest
 tones (their 1st and 99th percentiles, channel by channel) to the real images'. Matching
@@ -11,7 +12,7 @@ background grey or part of the ink dark. The extremes do not depend on that shar
 A percentile match cannot tell which way round it should go: on dark-on-light real
 images the synthetic background must become the light tone. So both the rising and the
 falling line are fitted, and the one whose mean tone-mapped image is closer to the mean
-real image is kept. No labels are used.
+real image is kept.
 """
 
 from __future__ import annotations
