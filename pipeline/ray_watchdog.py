@@ -29,8 +29,24 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _parents() -> dict[int, int]:
+    """Every process's parent, from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return parents
+
+
 def session_processes(session_dir: str) -> list[int]:
-    """This user's processes whose command line or open files name `session_dir`."""
+    """This user's processes whose command line or open files name `session_dir`, and
+    their descendants: a process Ray has only just started (a dashboard agent, a
+    worker) may not hold a file there yet, and once its parent is killed it is no
+    longer anyone's child to be found by."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -46,6 +62,15 @@ def session_processes(session_dir: str) -> list[int]:
             continue
         if session_dir in text:
             found.append(int(entry))
+    children: dict[int, list[int]] = {}
+    for pid, parent in _parents().items():
+        children.setdefault(parent, []).append(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child != os.getpid():
+                found.append(child)
+                todo.append(child)
     return found
 
 
