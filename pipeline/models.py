@@ -115,9 +115,9 @@ class Grain(nn.Module):
 
     Real cameras and scanners add noise that no function of a clean rendering produces,
     and a discriminator tells it apart at once (on noisy real digits every refiner was
-    refused: none got more realistic). Training measures the real images' noise on
-    their flat regions, where no edge explains a difference between neighbours
-    (pipeline.training.tone), and sets `sigma` to what the synthetic images lack; the
+    refused: none got more realistic). Training measures the noise of the real images
+    and of the synthetic ones as they reach the grain (pipeline.training.tone) and sets
+    `sigma` so that the grainy synthetic images measure as noisy as the real ones; the
     self-regularisation then compares with the grainy input. The noise is a function of
     the image, so refining it again gives the same bytes. `sigma` is a buffer, saved with
     the weights; at zero the image passes unchanged.

@@ -604,13 +604,6 @@ def _member_headers(path: str, limits: Limits) -> Iterator[tuple[str, str, tarfi
             return
 
 
-def member_keys(path: str, limits: Limits = DEFAULT_LIMITS) -> set[str]:
-    """Every key a member of the shard at `path` is stored under, from the tar headers
-    alone. It holds the key of every sample `iter_shard` yields (and of some it reports
-    as problems): enough to tell which shards share keys without reading member data."""
-    return {key for key, _, info, _ in _member_headers(path, limits) if not info.isdir()}
-
-
 # A label's kind, as the manifests store it: a column holds one kind across the dataset.
 def label_kind(value) -> str | None:
     if value is None:
@@ -634,9 +627,11 @@ def check_label_kinds(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> dict
     are one kind (a float column); labels that do not decode are left to the per-sample
     report.
 
-    Returns each shard's `member_keys`, found by the same pass over its headers (only
-    label members are read; image data is seeked over), so a job that needs both reads
-    every tar once."""
+    Returns, by shard path, every key a member of the shard is stored under, from the
+    same pass over its headers (only label members are read; image data is seeked
+    over), so a job that needs both reads every tar once. It holds the key of every
+    sample `iter_shard` yields (and of some it reports as problems): enough to tell
+    which shards share keys without reading member data."""
     first: dict[str, tuple[str, str, str, object]] = {}  # name -> (kind, shard, key, value)
     found: dict[str, set[str]] = {}
     for path in paths:

@@ -68,7 +68,8 @@ def _ok_keys(path, keys):
 def test_duplicates_are_planned_from_headers_with_the_first_ok_occurrence_kept(tmp_path):
     folder = _dataset(tmp_path)
     paths = shards.list_shards(folder)
-    planned = plan_duplicates(paths, [shards.member_keys(p) for p in paths], {}, _ok_keys)
+    keys = shards.check_label_kinds(paths)
+    planned = plan_duplicates(paths, [keys[p] for p in paths], {}, _ok_keys)
     assert planned == {
         "s1.tar": {"k2": "s0.tar"},
         "s2.tar": {"k1": "s1.tar", "k2": "s0.tar", "k3": "s0.tar", "k5": "s1.tar", "k6": "s1.tar"},
@@ -86,7 +87,8 @@ def test_keys_of_committed_shards_count_first(tmp_path):
         asked.append((os.path.basename(path), sorted(keys)))
         return _ok_keys(path, keys)
 
-    planned = plan_duplicates(paths, [shards.member_keys(p) for p in paths], {"k2": "s1.tar", "k3": "s9.tar"}, ok_keys)
+    keys = shards.check_label_kinds(paths)
+    planned = plan_duplicates(paths, [keys[p] for p in paths], {"k2": "s1.tar", "k3": "s9.tar"}, ok_keys)
     # s0's k1 and k5 are not ok, so s2 keeps them.
     assert planned == {"s0.tar": {"k2": "s1.tar", "k3": "s9.tar"}, "s2.tar": {"k2": "s1.tar", "k3": "s9.tar"}}
     # Only undecided shared keys are read, in one read of the shard holding their first occurrence.
@@ -98,7 +100,7 @@ def test_header_keys_cover_every_sample_the_reader_yields(tmp_path):
     surveyed = shards.check_label_kinds(shards.list_shards(folder))  # the pass refine-dataset plans with
     for path in shards.list_shards(folder):
         read = {item.key for item in shards.iter_shard(path) if item.key is not None}
-        assert read and read <= shards.member_keys(path) == surveyed[path]
+        assert read and read <= surveyed[path]
 
 
 class _Recorder(RefineStage):

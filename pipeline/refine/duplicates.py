@@ -27,7 +27,7 @@ def plan_duplicates(
     """{shard name: {key: shard that keeps it}} for the shards at `paths` (in name order).
 
     A row of a listed key is a duplicate only when the row itself is ok. `member_keys`
-    holds, for each shard, the keys its tar headers name (`shards.member_keys`).
+    holds, for each shard, the keys its tar headers name (`shards.check_label_kinds`).
     `committed` maps the keys ok in already-committed shards to their shard;
     `ok_keys(path, keys)` is the subset of `keys` whose samples in the shard at `path`
     are ok.

@@ -157,27 +157,43 @@ def fit_grain(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Te
     return {"sigma": sigma}
 
 
-def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor, network: task.TaskNetwork | None = None,
+                      held_out: torch.Tensor | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
     """The buffers of each fixed input change the config turns on, by refiner module
-    name, fitted to these images (as pipeline.training.step.build_state takes them).
-    Each is fitted to the synthetic images as the changes before it leave them."""
+    name, fitted to these images (as pipeline.training.step.build_state takes them),
+    and the fraction of the fitted stroke-width change kept (1.0: all, or no curve).
+    With a task `network`, the stroke curve is kept label-safe on the `held_out`
+    synthetic images (keep_labels). Each change is fitted to the synthetic images as
+    the changes before it leave them."""
     fitted: dict[str, dict[str, torch.Tensor]] = {}
+    kept = 1.0
     if config.stroke_width:
         fitted["stroke"] = fit_stroke_width(synthetic, real)
+        if network is not None:
+            fitted["stroke"], kept = keep_labels(fitted["stroke"], network, held_out, stroke_label_floor(config))
     if config.tone_map:
         fitted["tone"] = {"table": fit_tone_table(synthetic, real)[0]}
     if config.grain:
         changed = synthetic[:FIT_IMAGES].detach().float().cpu()
         with torch.no_grad():
             if "stroke" in fitted:
-                stroke = StrokeWidth()
-                for name, value in fitted["stroke"].items():
-                    getattr(stroke, name).copy_(value)
-                changed = stroke(changed)
+                changed = _stroke(fitted["stroke"])(changed)
             if "tone" in fitted:
                 changed = _apply(fitted["tone"]["table"], changed)
         fitted["grain"] = fit_grain(changed, real)
-    return fitted
+    return fitted, kept
+
+
+def stroke_label_floor(config) -> float:
+    """The label consistency the stroke-width curve alone must keep."""
+    return min(1.0, config.min_label_consistency + STROKE_LABEL_MARGIN)
+
+
+def _stroke(buffers: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> StrokeWidth:
+    module = StrokeWidth().to(device)
+    for name, value in buffers.items():
+        getattr(module, name).copy_(value)
+    return module
 
 
 def _scaled(stroke: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
@@ -196,11 +212,8 @@ def keep_labels(stroke: dict[str, torch.Tensor], network: task.TaskNetwork, synt
     synthetic = synthetic[:FIT_IMAGES].detach().float()
 
     def reads(fraction: float) -> float:
-        module = StrokeWidth().to(synthetic.device)
-        for name, value in _scaled(stroke, fraction).items():
-            getattr(module, name).copy_(value)
         with torch.no_grad():
-            return task.consistency(network, synthetic, module(synthetic))
+            return task.consistency(network, synthetic, _stroke(_scaled(stroke, fraction), synthetic.device)(synthetic))
 
     if reads(1.0) >= least:
         return stroke, 1.0
