@@ -8,6 +8,7 @@ class 0 = real (the paper's convention).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -44,6 +45,9 @@ class RefinerSpec:
     # Fixed sensor grain (Grain) added after the tone curve, its strength fitted by
     # training to the real images' noise; none when they are as clean as the synthetic.
     grain: bool = False
+    # A fixed optical blur (Blur) after the stroke width, its width fitted by training to
+    # the real images' edges; none when they are as sharp as the synthetic.
+    blur: bool = False
 
     def to_dict(self) -> dict:
         # Fields added after the first release are written only when they differ from
@@ -51,7 +55,7 @@ class RefinerSpec:
         # file made before they existed stays the same.
         data = asdict(self)
         for name, default in (("output", "logit"), ("deform_pixels", 0.0), ("tone_map", False), ("noise", False),
-                              ("stroke", False), ("grain", False)):
+                              ("stroke", False), ("grain", False), ("blur", False)):
             if data[name] == default:
                 del data[name]
         return data
@@ -109,7 +113,23 @@ def image_noise(x: torch.Tensor) -> torch.Tensor:
     return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)).view(n, 1, h, w).to(x.dtype)
 
 
-class Grain(nn.Module):
+class _FittedStrength(nn.Module):
+    """A fixed change of the image whose per-channel strength `sigma` training fits to
+    the real images: a buffer, saved with the weights; at zero the image passes
+    unchanged (and no work is done)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("sigma", torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.change(x) if bool(self.sigma.any()) else x
+
+    def change(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Grain(_FittedStrength):
     """Fixed sensor grain: `sigma` (per channel) times `image_noise`, added to the image,
     clipped to [0, 1] as a sensor's values are.
 
@@ -119,18 +139,41 @@ class Grain(nn.Module):
     and of the synthetic ones as they reach the grain (pipeline.training.tone) and sets
     `sigma` so that the grainy synthetic images measure as noisy as the real ones; the
     self-regularisation then compares with the grainy input. The noise is a function of
-    the image, so refining it again gives the same bytes. `sigma` is a buffer, saved with
-    the weights; at zero the image passes unchanged.
+    the image, so refining it again gives the same bytes.
     """
 
-    def __init__(self, channels: int):
-        super().__init__()
-        self.register_buffer("sigma", torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.sigma.any()):
-            return x
+    def change(self, x: torch.Tensor) -> torch.Tensor:
         return (x + self.sigma.view(1, -1, 1, 1).to(x.dtype) * image_noise(x)).clamp(0, 1)
+
+
+class Blur(_FittedStrength):
+    """Fixed optical blur: a Gaussian of standard deviation `sigma` pixels (per channel),
+    edges extended, as a lens or a scanner spreads every point of the scene.
+
+    A renderer's edges are as sharp as its pixels; a camera's are not, and a refiner
+    left to soften every edge alone must change every edge pixel against the L1
+    self-regularisation while a patch discriminator sees the hard edges at once (on
+    blurred real digits every refiner collapsed into dim smudges). Training measures
+    how sharp the edges of the real and the synthetic images are
+    (pipeline.training.tone) and sets `sigma` so that the blurred synthetic images
+    measure as sharp as the real ones; the self-regularisation then compares with the
+    blurred input.
+    """
+
+    LIMIT = 3.0  # pixels, the widest blur fitted
+    RADIUS = 3  # the kernel reaches this many standard deviations
+
+    def change(self, x: torch.Tensor) -> torch.Tensor:
+        sigma = self.sigma.to(x.dtype).clamp(0, self.LIMIT)
+        reach = max(1, int(math.ceil(self.RADIUS * sigma.max().item())))
+        offsets = torch.arange(-reach, reach + 1, device=x.device, dtype=x.dtype)
+        # A channel at sigma 0 gets the one-tap kernel: unchanged.
+        taps = torch.exp(-offsets[None, :] ** 2 / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
+        taps = taps / taps.sum(dim=1, keepdim=True)
+        channels = x.shape[1]
+        x = F.conv2d(F.pad(x, (reach, reach, 0, 0), mode="replicate"), taps.view(channels, 1, 1, -1), groups=channels)
+        x = F.conv2d(F.pad(x, (0, 0, reach, reach), mode="replicate"), taps.view(channels, 1, -1, 1), groups=channels)
+        return x.clamp(0, 1)
 
 
 class ToneMap(nn.Module):
@@ -307,8 +350,9 @@ class Refiner(nn.Module):
     Both keep the output in [0, 1] like the input (no tanh/[0, 1] mismatch in the L1
     term) and are the identity at delta = 0. With spec.deform_pixels > 0 a smooth
     deformation (Deformation) is applied first; with spec.tone_map a fixed tone curve
-    (ToneMap) before that, and with spec.stroke a fixed stroke-width change
-    (StrokeWidth) before everything.
+    (ToneMap) before that, with spec.blur a fixed optical blur (Blur) before the tone
+    curve, and with spec.stroke a fixed stroke-width change (StrokeWidth) before
+    everything; with spec.grain fixed sensor grain (Grain) after the tone curve.
     """
 
     EPS = 1e-3
@@ -322,6 +366,7 @@ class Refiner(nn.Module):
         self.stroke = StrokeWidth() if spec.stroke else None
         self.tone = ToneMap(spec.channels) if spec.tone_map else None
         self.grain = Grain(spec.channels) if spec.grain else None
+        self.blur = Blur(spec.channels) if spec.blur else None
         self.deformation = Deformation(spec.channels, spec.deform_pixels) if spec.deform_pixels > 0 else None
         inputs = spec.channels + (1 if spec.noise else 0)
         self.conv_in = nn.Conv2d(inputs, spec.features, k, padding=k // 2, padding_mode="replicate")
@@ -344,10 +389,13 @@ class Refiner(nn.Module):
         return torch.sigmoid(torch.logit(x.clamp(self.EPS, 1 - self.EPS)) + delta)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(refined, input as the appearance refiner gets it (stroke width, tone, grain
-        and deformation applied), displacement field or None): what training's losses need."""
+        """(refined, input as the appearance refiner gets it (stroke width, blur, tone,
+        grain and deformation applied), displacement field or None): what training's
+        losses need."""
         if self.stroke is not None:
             x = self.stroke(x)
+        if self.blur is not None:
+            x = self.blur(x)
         if self.tone is not None:
             x = self.tone(x)
         if self.grain is not None:
@@ -550,12 +598,13 @@ class Discriminator(nn.Module):
 
 
 def refiner_preset(name: str, channels: int = 1, output: str = "logit", deform_pixels: float = 0.0,
-                   tone_map: bool = False, noise: bool = False, stroke: bool = False, grain: bool = False) -> RefinerSpec:
+                   tone_map: bool = False, noise: bool = False, stroke: bool = False, grain: bool = False,
+                   blur: bool = False) -> RefinerSpec:
     if name not in REFINER_PRESETS:
         raise ValueError(f"unknown refiner preset {name!r}; choose from {sorted(REFINER_PRESETS)}")
     return RefinerSpec(**{**REFINER_PRESETS[name].to_dict(), "channels": channels, "output": output,
                           "deform_pixels": deform_pixels, "tone_map": tone_map, "noise": noise,
-                          "stroke": stroke, "grain": grain})
+                          "stroke": stroke, "grain": grain, "blur": blur})
 
 
 def discriminator_preset(

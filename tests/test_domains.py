@@ -34,8 +34,17 @@ def test_each_variant_changes_appearance_as_named(digits):
     assert np.abs(noisy[:, 0, 0] - noisy[:, 0, 1]).mean() > 5  # grain where the original is flat black
     grainy = made["grainy"].astype(float)
     assert np.abs(grainy[:, 0, 0] - grainy[:, 0, 1]).mean() > 5 and abs(grainy.mean() - digits.mean()) < 15
+    assert ink(made["heavy"]) > 1.3 * ink(made["thick"])
+    edges = (digits > 20) & (digits < 235)
+    assert (made["blurred"][edges] != digits[edges]).mean() > 0.9 and made["blurred"].max() < 255
+    assert np.array_equal(made["faded-inverted"], 255 - faded)
+    assert made["dim-ink"].max() <= 120 and np.array_equal(made["dim-ink"] > 0, digits > 1)
+    speckled = made["speckled"].astype(float)
+    assert np.abs(speckled[:, 0, 0] - speckled[:, 0, 1]).mean() > 20 and speckled[digits == 0].mean() > 25
+    assert (made["gamma"] >= digits).all() and made["gamma"][edges].mean() > digits[edges].mean() + 30
     # Content stays: every variant's ink (or paper, inverted) lies where the digit is.
-    for name in ("thick", "thin", "low-contrast", "noisy", "grainy"):
+    for name in ("thick", "thin", "low-contrast", "noisy", "grainy", "heavy", "blurred", "dim-ink", "speckled",
+                 "gamma"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

@@ -1,17 +1,20 @@
 """The options beyond the paper: the residual output form, the learned deformation, the
 label-consistency loss, spectral normalisation in D, the fitted stroke width, tone curve
-and sensor grain, and the noise channel. Each test fails if its option does nothing."""
+sensor grain and blur, and the noise channel. Each test fails if its option does nothing."""
 
 import pytest
 import torch
 
 from pipeline.errors import UserError
 from pipeline.models import (
-    Deformation, Discriminator, Grain, Refiner, RefinerSpec, StrokeWidth, ToneMap, discriminator_preset, image_noise,
+    Blur, Deformation, Discriminator, Grain, Refiner, RefinerSpec, StrokeWidth, ToneMap, discriminator_preset, image_noise,
 )
 from pipeline.refiner_file import load_refiner, save_refiner
 from pipeline.training import losses, task
-from pipeline.training.tone import fit_grain, fit_stroke_width, fit_tone_table, keep_labels, noise_level
+from pipeline.training.tone import (
+    fit_blur, fit_grain, fit_input_changes, fit_stroke_width, fit_tone_table, keep_labels, noise_level, scaled_stroke,
+    sharpness,
+)
 from pipeline.training.step import build_state, train_step
 from helpers.train import pools, tiny_config
 
@@ -124,6 +127,12 @@ def test_spectral_norm_bounds_each_hidden_convolution_of_d():
     assert not any(torch.nn.utils.parametrize.is_parametrized(m.conv, "weight") for m in plain.layers if hasattr(m, "conv"))
 
 
+def _fitted_module(module, buffers):
+    for name, value in buffers.items():
+        getattr(module, name).copy_(value)
+    return module
+
+
 def _strokes(n=200, width=2, seed=0):
     """Binary vertical strokes at random columns: a stand-in for rendered glyphs."""
     g = torch.Generator().manual_seed(seed)
@@ -149,10 +158,7 @@ def test_the_tone_curve_is_fitted_to_the_real_extremes_and_picks_the_polarity():
 
 
 def _fitted_stroke(synthetic, real):
-    stroke = StrokeWidth()
-    for name, value in fit_stroke_width(synthetic, real).items():
-        getattr(stroke, name).copy_(value)
-    return stroke
+    return _fitted_module(StrokeWidth(), fit_stroke_width(synthetic, real))
 
 
 @pytest.mark.parametrize("real_pen, real_look", [
@@ -228,26 +234,90 @@ class _ReadsWidth(torch.nn.Module):
         return torch.stack([self.limit - width, width - self.limit], dim=1)
 
 
+def _scaled_stroke(buffers):
+    return lambda fraction: _fitted_module(StrokeWidth(), scaled_stroke(buffers, fraction))
+
+
 def test_the_stroke_curve_is_scaled_back_until_the_task_network_reads_the_same_labels():
     synthetic = _strokes(100, width=2)
     broad = fit_stroke_width(synthetic, _strokes(100, width=6, seed=1))  # a pen 4 px broader
     # A task network that does not care keeps the whole change.
-    kept, fraction = keep_labels(broad, _ReadsWidth(100.0), synthetic, 0.95)
-    assert fraction == 1.0 and torch.equal(kept["target"], broad["target"])
+    assert keep_labels(_scaled_stroke(broad), _ReadsWidth(100.0), synthetic, 0.95) == 1.0
     # One that calls a stroke over 3.5 px something else: all of it would flip every label.
     network = _ReadsWidth(3.5)
-    whole = StrokeWidth()
-    for name, value in broad.items():
-        getattr(whole, name).copy_(value)
-    assert task.consistency(network, synthetic, whole(synthetic)) < 0.1
-    kept, fraction = keep_labels(broad, network, synthetic, 0.95)
+    assert task.consistency(network, synthetic, _scaled_stroke(broad)(1.0)(synthetic)) < 0.1
+    fraction = keep_labels(_scaled_stroke(broad), network, synthetic, 0.95)
     assert 0.1 < fraction < 0.6
-    scaled = StrokeWidth()
-    for name, value in kept.items():
-        getattr(scaled, name).copy_(value)
-    adjusted = scaled(synthetic)
+    adjusted = _scaled_stroke(broad)(fraction)(synthetic)
     assert task.consistency(network, synthetic, adjusted) >= 0.95
     assert adjusted.sum() > synthetic.sum() * 1.1  # still broader than the simulator's pen
+
+
+def _blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    return _fitted_module(Blur(images.shape[1]), {"sigma": torch.full((images.shape[1],), sigma)})(images)
+
+
+def test_blur_is_the_identity_at_zero_and_blurs_each_image_on_its_own():
+    x = _strokes(8, width=3)
+    assert torch.equal(Blur(1)(x), x)
+    y = _blurred(x, 1.0)
+    assert torch.allclose(y.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)), rtol=0.02)  # ink spread, not lost
+    assert y.max() < 0.9 and (y[x == 0] > 0.05).any()  # the edges are soft now
+    assert torch.equal(_blurred(x[3:5], 1.0), y[3:5])  # not on the batch it is in
+    # Channels have their own sigma; a channel at zero passes unchanged.
+    two = torch.cat([x, x], dim=1)
+    out = _fitted_module(Blur(2), {"sigma": torch.tensor([0.0, 1.0])})(two)
+    assert torch.equal(out[:, :1], x) and torch.allclose(out[:, 1:], y, atol=1e-6)
+
+
+@pytest.mark.parametrize("look", [lambda x: x, lambda x: 0.8 - 0.5 * x], ids=["light-ink", "faded-dark-ink"])
+def test_blur_is_fitted_to_the_sharpness_the_real_edges_have(look):
+    synthetic = _strokes(300, width=3)
+    assert sharpness(synthetic).item() == pytest.approx(1.0)  # a hard rendering
+    assert sharpness(_blurred(synthetic, 1.0)) < sharpness(_blurred(synthetic, 0.5)) < 0.9
+    # Real strokes of another width, tone and polarity, blurred by 1 px: the fit finds the blur.
+    real = look(_blurred(_strokes(300, width=4, seed=1), 1.0))
+    assert abs(fit_blur(synthetic, real)["sigma"].item() - 1.0) < 0.15
+    # Real edges as sharp as the synthetic ones, or sharper: no blur, never a sharpening.
+    assert fit_blur(synthetic, look(_strokes(300, width=4, seed=1)))["sigma"].item() == 0.0
+    assert fit_blur(_blurred(synthetic, 1.0), _strokes(300, seed=1))["sigma"].item() == 0.0
+    # Through sensor noise (measured on median-filtered images, as the other fits are).
+    noisy = (0.2 + 0.5 * _blurred(_strokes(300, width=4, seed=1), 1.0)
+             + 0.05 * torch.randn(300, 1, 16, 16, generator=torch.Generator().manual_seed(4))).clamp(0, 1)
+    assert abs(fit_blur(synthetic, noisy)["sigma"].item() - 1.0) < 0.3
+
+
+class _ReadsPeak(torch.nn.Module):
+    """A stand-in task network whose class is whether an image's brightest pixel
+    reaches `limit`: a blur dims thin strokes' peaks and so flips it."""
+
+    kind = task.CLASSIFICATION
+
+    def __init__(self, limit: float):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x):
+        peak = x.amax(dim=(1, 2, 3))
+        return torch.stack([self.limit - peak, peak - self.limit], dim=1)
+
+
+def test_the_fitted_blur_reaches_the_refiner_and_is_scaled_back_to_keep_labels():
+    synthetic = _strokes(200, width=2)
+    real = _blurred(_strokes(200, width=2, seed=1), 1.2)
+    config = tiny_config(blur=True, tone_map=True)
+    fitted, kept = fit_input_changes(config, synthetic, real)
+    assert abs(fitted["blur"]["sigma"].item() - 1.2) < 0.2 and kept == {}
+    state = build_state(config, (1, 16, 16), real, fitted=fitted)
+    with torch.no_grad():
+        assert abs(sharpness(state.refiner.parts(synthetic)[1]) - sharpness(real)) < 0.05
+    # A task network that a 1.2 px blur would fool keeps only part of it.
+    network = _ReadsPeak(0.7)
+    assert task.consistency(network, synthetic, _blurred(synthetic, 1.2)) < 0.1
+    fitted, kept = fit_input_changes(config, synthetic, real, network, synthetic)
+    assert 0.1 < kept["blur"] < 0.9
+    assert fitted["blur"]["sigma"].item() == pytest.approx(1.2 * kept["blur"], rel=0.2)
+    assert task.consistency(network, synthetic, _blurred(synthetic, fitted["blur"]["sigma"].item())) >= 0.95
 
 
 def _grainy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
@@ -317,21 +387,23 @@ def test_grain_fitted_to_zero_leaves_training_exactly_as_without_it():
 
 
 def test_the_fitted_input_changes_and_noise_travel_in_the_refiner_file(tmp_path):
-    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True, stroke=True, grain=True))
+    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True, stroke=True, grain=True, blur=True))
     with torch.no_grad():
+        refiner.blur.sigma.fill_(0.7)
         refiner.tone.table.copy_(0.2 + 0.5 * torch.linspace(0, 1, ToneMap.LEVELS)[None])
         refiner.stroke.target.add_(1.0)  # every stroke a pixel wider
         refiner.grain.sigma.fill_(0.05)
     path = str(tmp_path / "refiner.safetensors")
     save_refiner(path, refiner, "digits", 16, 16)
     loaded, info = load_refiner(path)
-    assert info.spec.tone_map and info.spec.noise and info.spec.stroke and info.spec.grain
+    assert info.spec.tone_map and info.spec.noise and info.spec.stroke and info.spec.grain and info.spec.blur
     x = _strokes(4)
     with torch.no_grad():
         assert torch.allclose(loaded(x), refiner.eval()(x))
         assert loaded.tone(x).min() >= 0.19
         assert loaded.stroke(x).sum() > x.sum() * 1.2
         assert loaded.grain.sigma.item() == pytest.approx(0.05)
+        assert loaded.blur.sigma.item() == pytest.approx(0.7)
 
 
 @pytest.mark.parametrize("bad, message", [

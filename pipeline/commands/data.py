@@ -61,7 +61,7 @@ def import_real(kind, source, from_folder, out_dir, seed, variant, grey, prefix,
     """Bring real images into shards.
 
     \b
-      simgan import-real mnist --out DIR [--seed S] [--variant thick|thin|low-contrast|noisy|grainy|inverted]
+      simgan import-real mnist --out DIR [--seed S] [--variant NAME]
       simgan import-real unityeyes UNITYEYES_OUTPUT_DIR --out DIR
       simgan import-real mpiigaze MPIIGAZE_DIR --out DIR
       simgan import-real --from-folder IMAGES_DIR --out DIR

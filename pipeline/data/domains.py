@@ -2,7 +2,7 @@
 
 A user's real images differ from the simulator's in ways nobody lists in advance:
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
-and grey paper), dark-on-light paper. Each variant
+and grey paper), dark-on-light paper, blur, weak ink, another tone response. Each variant
 here is one such change applied to real MNIST digits, so robustness can be measured on
 real handwriting in several appearances (`simgan import-real mnist --variant NAME`).
 Variants change appearance only: the class of every digit stays what it was.
@@ -60,6 +60,36 @@ def inverted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return 255 - images
 
 
+def heavy(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A marker: strokes grown by about two pixels on every side (loops nearly close)."""
+    return ndimage.grey_dilation(images, size=(1, 5, 5))
+
+
+def blurred(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An out-of-focus camera: a Gaussian blur of 1.2 pixels, nothing else."""
+    return _as_uint8(ndimage.gaussian_filter(images.astype(np.float32), sigma=(0, 1.2, 1.2)))
+
+
+def faded_inverted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A faded print: grey ink (about 85) on light grey paper (about 165)."""
+    return 255 - low_contrast(images, rng)
+
+
+def dim_ink(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Weak ink on black paper: strokes at most about 120."""
+    return _as_uint8(images.astype(np.float32) * (120 / 255))
+
+
+def speckled(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A very noisy sensor: grey paper (about 30) and Gaussian noise of 40 levels."""
+    return _as_uint8(images.astype(np.float32) + 30 + rng.normal(0, 40, size=images.shape))
+
+
+def gamma(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another tone response: mid tones lifted (gamma 0.4), stroke edges brighter and wider."""
+    return _as_uint8(255 * (images.astype(np.float32) / 255) ** 0.4)
+
+
 VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | None] = {
     "none": None,
     "thick": thick,
@@ -68,6 +98,12 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "noisy": noisy,
     "grainy": grainy,
     "inverted": inverted,
+    "heavy": heavy,
+    "blurred": blurred,
+    "faded-inverted": faded_inverted,
+    "dim-ink": dim_ink,
+    "speckled": speckled,
+    "gamma": gamma,
 }
 
 

@@ -85,6 +85,9 @@ class TrainConfig:
     # Sensor grain fitted to the real images' noise (pipeline.training.tone), added after
     # the tone curve; none when the real images are as clean as the synthetic ones.
     grain: bool = False
+    # An optical blur fitted to the real images' edges (pipeline.training.tone), after the
+    # stroke width and before the tone curve; none when they are as sharp as the synthetic.
+    blur: bool = False
     # A noise channel into the refiner (pipeline.models.image_noise) for real images with
     # sensor grain.
     refiner_noise: bool = False
@@ -126,6 +129,7 @@ PRESETS: dict[str, dict] = {
         "tone_map": True,
         "stroke_width": True,
         "grain": True,
+        "blur": True,
     },
     # CPU demo on 35x55 eyes.
     "eyes": {"model": "eyes", "label": "gaze"},

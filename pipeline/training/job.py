@@ -61,6 +61,10 @@ def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str
         middle = StrokeWidth.QUANTILES // 2
         log.info(f"its stroke-width curve, fitted to the real images, takes the median stroke from "
                  f"{refiner.stroke.source[middle]:.2f} to {refiner.stroke.target[middle]:.2f} px")
+    if refiner.blur is not None:
+        sigma = ", ".join(f"{value:.2f}" for value in refiner.blur.sigma.tolist())
+        log.info(f"its blur, fitted to the real images' edges, is a Gaussian of {sigma} px"
+                 if refiner.blur.sigma.any() else "its blur is off: the real images' edges are as sharp as the synthetic")
     if refiner.grain is not None:
         sigma = ", ".join(f"{value * 255:.1f}" for value in refiner.grain.sigma.tolist())
         log.info(f"its sensor grain, fitted to the real images, adds noise of standard deviation {sigma} of 255 levels"

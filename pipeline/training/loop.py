@@ -16,7 +16,7 @@ from pipeline.training.outputs import RunOutputs, write_grid
 from pipeline.training.selection import Prepared, Selector, prepare
 from pipeline.training.step import TrainState, build_state, images_left, images_per_step, train_step, unwrap
 from pipeline.training.task import Labels
-from pipeline.training.tone import fit_input_changes, stroke_label_floor
+from pipeline.training.tone import DESCRIPTIONS, fit_input_changes, label_floor
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -78,10 +78,11 @@ def start(config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor, labe
     prepared = prepare(config, synthetic.to(device), real.to(device), labels)
     fitted, kept = fit_input_changes(config, prepared.synthetic, prepared.real, prepared.held_out.network,
                                      prepared.held_out.synthetic)
-    if kept < 1.0 and _rank() == 0:
-        console.logger("pipeline.training").info(
-            f"stroke-width curve scaled to {kept:.0%} of the fitted change: with all of it the task network "
-            f"read the held-out synthetic images differently (below {stroke_label_floor(config):.2f} label consistency)")
+    for name, fraction in kept.items():
+        if _rank() == 0:
+            console.logger("pipeline.training").info(
+                f"{DESCRIPTIONS[name]} scaled to {fraction:.0%} of the fitted change: with all of it the task network "
+                f"read the held-out synthetic images differently (below {label_floor(config):.2f} label consistency)")
     state = build_state(config, tuple(synthetic.shape[1:]), prepared.real, device, wrap, fitted)
     if config.label_consistency_weight > 0:
         state.task_network = prepared.held_out.network

@@ -1,7 +1,8 @@
 """Fitting the refiner's fixed input changes to the real images: the stroke width
-(pipeline.models.StrokeWidth), the tone curve (pipeline.models.ToneMap) and the sensor
-grain (pipeline.models.Grain). No real labels are used; the stroke curve is checked
-against the task network trained on the simulator's labels (keep_labels).
+(pipeline.models.StrokeWidth), the optical blur (pipeline.models.Blur), the tone curve
+(pipeline.models.ToneMap) and the sensor grain (pipeline.models.Grain). No real labels
+are used; the stroke curve and the blur are checked against the task network trained
+on the simulator's labels (keep_labels).
 
 The curve is the straight line that takes the synthetic images' darkest and brightest
 tones (their 1st and 99th percentiles, channel by channel) to the real images'. Matching
@@ -17,10 +18,12 @@ real image is kept.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
-from pipeline.models import Grain, StrokeWidth, ToneMap
+from pipeline.models import Blur, Grain, StrokeWidth, ToneMap
 from pipeline.training import task
 
 # Images and pixels per channel used for the fit: plenty for two percentiles.
@@ -31,12 +34,21 @@ PERCENTILES = (0.01, 0.99)
 # own noise (the estimates' error then dominates the difference), is left out: the
 # images count as equally clean.
 GRAIN_FLOOR = 0.01
-# The stroke-width curve is scaled towards the identity until the task network reads
-# at least min_label_consistency + this on held-out synthetic images so adjusted: the
-# refiner's own changes then still have room under the selection's threshold.
-STROKE_LABEL_MARGIN = 0.05
+# The stroke-width curve and the blur are scaled towards the identity until the task
+# network reads at least min_label_consistency + this on held-out synthetic images so
+# adjusted: the refiner's own changes then still have room under the selection's threshold.
+LABEL_MARGIN = 0.05
 # Bisection steps for that scale in 0..1.
-STROKE_STEPS = 6
+LABEL_STEPS = 6
+# Sharpness: the percentile of neighbour differences taken as an image's steepest edge,
+# and the least tone range (1st to 99th percentile) an image needs to be measured.
+SHARPNESS_PERCENTILE = 0.99
+MIN_SPAN = 0.05
+# Real images less sharp than the synthetic by no more than this share count as as sharp
+# (about sigma 0.3 px: below what an eye or a discriminator tells apart).
+BLUR_TOLERANCE = 0.05
+# Bisection steps for the blur's sigma in 0..Blur.LIMIT: to about 0.003 px.
+BLUR_STEPS = 10
 # Bisection steps for the grain's sigma in 0..1: to about 0.001 (a quarter of a level).
 GRAIN_STEPS = 10
 # The median absolute value of a standard normal variable.
@@ -157,71 +169,138 @@ def fit_grain(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Te
     return {"sigma": sigma}
 
 
-def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor, network: task.TaskNetwork | None = None,
-                      held_out: torch.Tensor | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], float]:
-    """The buffers of each fixed input change the config turns on, by refiner module
-    name, fitted to these images (as pipeline.training.step.build_state takes them),
-    and the fraction of the fitted stroke-width change kept (1.0: all, or no curve).
-    With a task `network`, the stroke curve is kept label-safe on the `held_out`
-    synthetic images (keep_labels). Each change is fitted to the synthetic images as
-    the changes before it leave them."""
-    fitted: dict[str, dict[str, torch.Tensor]] = {}
-    kept = 1.0
-    if config.stroke_width:
-        fitted["stroke"] = fit_stroke_width(synthetic, real)
-        if network is not None:
-            fitted["stroke"], kept = keep_labels(fitted["stroke"], network, held_out, stroke_label_floor(config))
-    if config.tone_map:
-        fitted["tone"] = {"table": fit_tone_table(synthetic, real)[0]}
-    if config.grain:
-        changed = synthetic[:FIT_IMAGES].detach().float().cpu()
-        with torch.no_grad():
-            if "stroke" in fitted:
-                changed = _stroke(fitted["stroke"])(changed)
-            if "tone" in fitted:
-                changed = _apply(fitted["tone"]["table"], changed)
-        fitted["grain"] = fit_grain(changed, real)
-    return fitted, kept
+def sharpness(images: torch.Tensor) -> torch.Tensor:
+    """(channels,): how sharp the images' edges are, from 0 (flat) to 1 (a step from
+    paper to ink between two neighbouring pixels). Per image, the steepest neighbour
+    differences (their 99th percentile) over the image's tone range (1st to 99th
+    percentile); the median over the images. A Gaussian blur of sigma pixels takes a
+    step's steepest slope to about 1 / (2.5 sigma) of its height, whatever the tones,
+    and the share of ink, which stroke width sets, barely moves a high percentile."""
+    images = _prepared(images)
+    n, c = images.shape[:2]
+    flat = images.transpose(0, 1).reshape(c, n, -1)
+    low, high = torch.quantile(flat, torch.tensor(PERCENTILES), dim=2)
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().transpose(0, 1).reshape(c, n, -1)
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().transpose(0, 1).reshape(c, n, -1)
+    steepest = torch.quantile(torch.cat([dx, dy], dim=2), SHARPNESS_PERCENTILE, dim=2)
+    span = high - low
+    ratio = steepest / span.clamp(min=1e-3)
+    # Blank images have no edges to measure.
+    return torch.stack([r[s > MIN_SPAN].median() if (s > MIN_SPAN).any() else r.new_tensor(0.0)
+                        for r, s in zip(ratio, span)])
 
 
-def stroke_label_floor(config) -> float:
-    """The label consistency the stroke-width curve alone must keep."""
-    return min(1.0, config.min_label_consistency + STROKE_LABEL_MARGIN)
+def fit_blur(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The buffer of pipeline.models.Blur for `synthetic` images as the blur gets them
+    (after the stroke width): the sigma at which they measure as sharp as the real
+    images, found by bisection. Zero where the real images are about as sharp
+    (within BLUR_TOLERANCE) or sharper: nothing is ever sharpened."""
+    synthetic = synthetic[:FIT_IMAGES].detach().float().cpu()
+    own, target = sharpness(synthetic), sharpness(real)
+    sigma = torch.zeros_like(own)
+    for channel in range(len(sigma)):
+        if target[channel] >= own[channel] * (1 - BLUR_TOLERANCE):
+            continue
+        blur, low, high = Blur(1), 0.0, Blur.LIMIT
+        images = synthetic[:, channel : channel + 1]
+        for _ in range(BLUR_STEPS):
+            blur.sigma.fill_((low + high) / 2)
+            if sharpness(blur(images)).item() > target[channel].item():
+                low = blur.sigma.item()
+            else:
+                high = blur.sigma.item()
+        sigma[channel] = (low + high) / 2
+    return {"sigma": sigma}
 
 
-def _stroke(buffers: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> StrokeWidth:
-    module = StrokeWidth().to(device)
-    for name, value in buffers.items():
-        getattr(module, name).copy_(value)
+# The fixed input changes, by refiner module name, in the order the refiner applies them.
+_MODULES = {"stroke": lambda channels: StrokeWidth(), "blur": Blur, "tone": ToneMap, "grain": Grain}
+# How the training log names those that are kept label-safe.
+DESCRIPTIONS = {"stroke": "stroke-width curve", "blur": "blur"}
+
+
+def _module(name: str, buffers: dict[str, torch.Tensor], channels: int, device: torch.device | str = "cpu"):
+    module = _MODULES[name](channels).to(device)
+    for buffer, value in buffers.items():
+        getattr(module, buffer).copy_(value)
     return module
 
 
-def _scaled(stroke: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+def _changed(fitted: dict[str, dict[str, torch.Tensor]], images: torch.Tensor) -> torch.Tensor:
+    """`images` through the fitted changes, in the refiner's order."""
+    with torch.no_grad():
+        for name in _MODULES:
+            if name in fitted:
+                images = _module(name, fitted[name], images.shape[1], images.device)(images)
+    return images
+
+
+def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor, network: task.TaskNetwork | None = None,
+                      held_out: torch.Tensor | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
+    """The buffers of each fixed input change the config turns on, by refiner module
+    name, fitted to these images (as pipeline.training.step.build_state takes them),
+    and, for each geometric change (stroke width, blur) scaled back to keep labels, the
+    fraction of its fitted change kept. With a task `network`, those changes are kept
+    label-safe on the `held_out` synthetic images (keep_labels). Each change is fitted
+    to the synthetic images as the changes before it leave them."""
+    fitted: dict[str, dict[str, torch.Tensor]] = {}
+    kept: dict[str, float] = {}
+    sample = synthetic[:FIT_IMAGES].detach().float().cpu()
+
+    def label_safe(name: str, scaled: Callable[[float], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if network is None:
+            return scaled(1.0)
+        fraction = keep_labels(lambda f: (lambda images: _changed({**fitted, name: scaled(f)}, images)),
+                               network, held_out, label_floor(config))
+        if fraction < 1.0:
+            kept[name] = fraction
+        return scaled(fraction)
+
+    if config.stroke_width:
+        stroke = fit_stroke_width(synthetic, real)
+        fitted["stroke"] = label_safe("stroke", lambda f: scaled_stroke(stroke, f))
+    if config.blur:
+        blur = fit_blur(_changed(fitted, sample), real)
+        fitted["blur"] = label_safe("blur", lambda f: {"sigma": blur["sigma"] * f})
+    if config.tone_map:
+        fitted["tone"] = {"table": fit_tone_table(_changed(fitted, sample), real)[0]}
+    if config.grain:
+        fitted["grain"] = fit_grain(_changed(fitted, sample), real)
+    return fitted, kept
+
+
+def label_floor(config) -> float:
+    """The label consistency the stroke-width curve and the blur must keep on their own."""
+    return min(1.0, config.min_label_consistency + LABEL_MARGIN)
+
+
+def scaled_stroke(stroke: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
     return {**stroke, "target": stroke["source"] + fraction * (stroke["target"] - stroke["source"])}
 
 
-def keep_labels(stroke: dict[str, torch.Tensor], network: task.TaskNetwork, synthetic: torch.Tensor,
-                least: float) -> tuple[dict[str, torch.Tensor], float]:
-    """The stroke-width buffers, scaled towards the identity (target widths moved back
-    towards source widths) just enough that `network`, the task network trained on the
-    simulator's labels, reads at least `least` of the `synthetic` images so adjusted as
-    it reads them unadjusted; and the fraction of the fitted change kept (1.0: all).
+def keep_labels(change: Callable[[float], Callable[[torch.Tensor], torch.Tensor]], network: task.TaskNetwork,
+                synthetic: torch.Tensor, least: float) -> float:
+    """The largest fraction of a fitted change (1.0: all of it; else found by
+    bisection) at which `network`, the task network trained on the simulator's labels,
+    reads at least `least` of the `synthetic` images so changed as it reads them
+    unchanged. `change(fraction)` is that much of the change, as a function of images.
 
     A pen much broader than the simulator's closes the loops of its bold glyphs (an 8
-    becomes a blot) and no refiner can undo that; a partial change keeps the labels."""
+    becomes a blot), as a strong blur merges close strokes, and no refiner can undo
+    that; a partial change keeps the labels."""
     synthetic = synthetic[:FIT_IMAGES].detach().float()
 
     def reads(fraction: float) -> float:
         with torch.no_grad():
-            return task.consistency(network, synthetic, _stroke(_scaled(stroke, fraction), synthetic.device)(synthetic))
+            return task.consistency(network, synthetic, change(fraction)(synthetic))
 
     if reads(1.0) >= least:
-        return stroke, 1.0
+        return 1.0
     low, high = 0.0, 1.0
-    for _ in range(STROKE_STEPS):
+    for _ in range(LABEL_STEPS):
         middle = (low + high) / 2
         if reads(middle) >= least:
             low = middle
         else:
             high = middle
-    return _scaled(stroke, low), low
+    return low
