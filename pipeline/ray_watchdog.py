@@ -29,17 +29,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _parents() -> dict[int, int]:
-    """Every process's parent, from /proc."""
-    parents = {}
+def children() -> dict[int, list[int]]:
+    """Every process's children, by parent pid, from /proc."""
+    tree: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as handle:
-                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    return parents
+            tree.setdefault(parent, []).append(int(entry))
+    return tree
 
 
 def session_processes(session_dir: str) -> list[int]:
@@ -62,12 +63,10 @@ def session_processes(session_dir: str) -> list[int]:
             continue
         if session_dir in text:
             found.append(int(entry))
-    children: dict[int, list[int]] = {}
-    for pid, parent in _parents().items():
-        children.setdefault(parent, []).append(pid)
+    tree = children()
     todo = list(found)
     while todo:
-        for child in children.get(todo.pop(), []):
+        for child in tree.get(todo.pop(), []):
             if child not in found and child != os.getpid():
                 found.append(child)
                 todo.append(child)

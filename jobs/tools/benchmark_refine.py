@@ -38,24 +38,13 @@ import torch  # noqa: E402
 from pipeline.data import digits  # noqa: E402
 from pipeline.data.output import write_labelled_shard  # noqa: E402
 from pipeline.models import Refiner, refiner_preset  # noqa: E402
+from pipeline.ray_watchdog import children  # noqa: E402
 from pipeline.refiner_file import load_refiner, save_refiner  # noqa: E402
 from pipeline.refine.stage import to_tensor  # noqa: E402
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(parent, []).append(int(pid))
-    return tree
-
-
 def _tree(root: int) -> list[int]:
-    tree, todo, found = _children(), [root], []
+    tree, todo, found = children(), [root], []
     while todo:
         pid = todo.pop()
         found.append(pid)
