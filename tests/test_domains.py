@@ -42,9 +42,14 @@ def test_each_variant_changes_appearance_as_named(digits):
     speckled = made["speckled"].astype(float)
     assert np.abs(speckled[:, 0, 0] - speckled[:, 0, 1]).mean() > 20 and speckled[digits == 0].mean() > 25
     assert (made["gamma"] >= digits).all() and made["gamma"][edges].mean() > digits[edges].mean() + 30
+    # Two changes at once: each the same as its two parts in order.
+    assert np.array_equal(made["thin-inverted"], 255 - made["thin"])
+    assert np.array_equal(made["blurred-inverted"], 255 - made["blurred"])
+    faded_grainy = made["faded-grainy"].astype(float)
+    assert faded_grainy[digits == 0].mean() > 80 and np.abs(faded_grainy[:, 0, 0] - faded_grainy[:, 0, 1]).mean() > 5
     # Content stays: every variant's ink (or paper, inverted) lies where the digit is.
     for name in ("thick", "thin", "low-contrast", "noisy", "grainy", "heavy", "blurred", "dim-ink", "speckled",
-                 "gamma"):
+                 "gamma", "faded-grainy"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

@@ -2,9 +2,9 @@
 
 A user's real images differ from the simulator's in ways nobody lists in advance:
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
-and grey paper), dark-on-light paper, blur, weak ink, another tone response. Each variant
-here is one such change applied to real MNIST digits, so robustness can be measured on
-real handwriting in several appearances (`simgan import-real mnist --variant NAME`).
+and grey paper), dark-on-light paper, blur, weak ink, another tone response, or two of
+these at once. Each variant here is one such change (or two) applied to real MNIST
+digits, so robustness can be measured on real handwriting in several appearances (`simgan import-real mnist --variant NAME`).
 Variants change appearance only: the class of every digit stays what it was.
 
 Every function takes and returns uint8 images (N x H x W) and draws its randomness
@@ -90,6 +90,15 @@ def gamma(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _as_uint8(255 * (images.astype(np.float32) / 255) ** 0.4)
 
 
+def _both(first, second):
+    """Two changes at once, `first` applied first: real domains rarely differ in one way only."""
+    def both(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return second(first(images, rng), rng)
+
+    both.__doc__ = f"{first.__name__} then {second.__name__}"
+    return both
+
+
 VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | None] = {
     "none": None,
     "thick": thick,
@@ -104,6 +113,10 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "dim-ink": dim_ink,
     "speckled": speckled,
     "gamma": gamma,
+    # Two changes at once.
+    "thin-inverted": _both(thin, inverted),
+    "faded-grainy": _both(low_contrast, grainy),
+    "blurred-inverted": _both(blurred, inverted),
 }
 
 
