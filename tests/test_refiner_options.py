@@ -157,6 +157,20 @@ def test_the_tone_curve_is_fitted_to_the_real_extremes_and_picks_the_polarity():
     assert direction == "rising" and table[0, 0] < 0.02 and table[0, -1] > 0.98
 
 
+@pytest.mark.parametrize("polarity", ["light ink", "dark ink"])
+def test_the_tone_curve_finds_a_grey_paper_under_heavy_noise(polarity):
+    # Paper at 0.12 under noise of 0.16, clipped: even median filtered, a fifth of the
+    # paper lies below 0.05, so its 1st percentile would call it black.
+    g = torch.Generator().manual_seed(4)
+    noisy = (0.12 + 0.88 * _strokes(300, seed=1) + 0.16 * torch.randn(300, 1, 16, 16, generator=g)).clamp(0, 1)
+    synthetic = _strokes()
+    if polarity == "dark ink":
+        noisy, synthetic = 1 - noisy, 1 - synthetic
+    table, _ = fit_tone_table(synthetic, noisy)
+    paper = table[0, 0] if polarity == "light ink" else 1 - table[0, -1]
+    assert 0.07 < paper < 0.14
+
+
 def _fitted_stroke(synthetic, real):
     return _fitted_module(StrokeWidth(), fit_stroke_width(synthetic, real))
 

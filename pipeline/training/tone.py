@@ -30,6 +30,11 @@ from pipeline.training import task
 FIT_IMAGES = 2000
 FIT_PIXELS = 1_000_000
 PERCENTILES = (0.01, 0.99)
+# The paper, the tone most pixels have, is measured at its quartile instead: on noisy
+# images even 3x3-median filtered, the 1st percentile of a grey paper is the far tail
+# of its noise (clipped to black), not its tone. On clean images the quartile is the
+# same tone as the percentile, so their fit does not change.
+PAPER_QUARTILES = (0.25, 0.75)
 # Grain weaker than this (about 2.5 of 255 levels), or than half the synthetic images'
 # own noise (the estimates' error then dominates the difference), is left out: the
 # images count as equally clean.
@@ -56,11 +61,16 @@ _MEDIAN_ABS_NORMAL = 0.6745
 
 
 def _extremes(images: torch.Tensor) -> torch.Tensor:
-    """(channels, 2): each channel's low and high percentile."""
+    """(channels, 2): each channel's dark and light extreme tone: the low and high
+    percentile, the paper's end taken at its quartile (the end whose quartile lies
+    nearer its percentile: the ink's quartile is paper)."""
     values = images.transpose(0, 1).reshape(images.shape[1], -1)
     if values.shape[1] > FIT_PIXELS:
         values = values[:, torch.linspace(0, values.shape[1] - 1, FIT_PIXELS).long()]
-    return torch.quantile(values, torch.tensor(PERCENTILES), dim=1).T
+    low, low_quartile, high_quartile, high = torch.quantile(
+        values, torch.tensor([PERCENTILES[0], *PAPER_QUARTILES, PERCENTILES[1]]), dim=1)
+    dark_paper = (low_quartile - low) <= (high - high_quartile)
+    return torch.stack([torch.where(dark_paper, low_quartile, low), torch.where(dark_paper, high, high_quartile)], dim=1)
 
 
 def fit_lines(synthetic: torch.Tensor, real: torch.Tensor, levels: int = ToneMap.LEVELS) -> dict[str, torch.Tensor]:
