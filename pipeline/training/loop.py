@@ -85,7 +85,7 @@ def start(config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor, labe
                 f"read the held-out synthetic images differently (below {label_floor(config):.2f} label consistency)")
     state = build_state(config, tuple(synthetic.shape[1:]), prepared.real, device, wrap, fitted)
     if config.label_consistency_weight > 0:
-        state.task_network = prepared.held_out.network
+        state.task_network = prepared.loss_network
     return state, prepared
 
 

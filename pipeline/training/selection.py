@@ -82,6 +82,10 @@ class Prepared:
     real: torch.Tensor
     labels: torch.Tensor | None  # the task label of each training synthetic image
     held_out: HeldOut
+    # For the label-consistency loss: a task network of its own (another seed), since a
+    # refiner trained against the checking network could learn to satisfy that one
+    # network and pass its check while changing what other models read.
+    loss_network: task.TaskNetwork | None = None
 
 
 def prepare(config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor,
@@ -91,17 +95,20 @@ def prepare(config: TrainConfig, synthetic: torch.Tensor, real: torch.Tensor,
     train_s, held_s = split_index(len(synthetic), config.held_out, config.seed, "synthetic")
     train_r, held_r = split_index(len(real), config.held_out, config.seed, "real")
     index_s, index_r = torch.from_numpy(train_s).to(synthetic.device), torch.from_numpy(train_r).to(real.device)
-    network, label_values = None, None
+    network, label_values, loss_network = None, None, None
     if labels is not None:
         train_labels = labels.subset(train_s)
         network = task.train_task_network(synthetic[index_s], train_labels, config.seed)
         label_values = torch.from_numpy(train_labels.values).to(synthetic.device)
+        if config.label_consistency_weight > 0:
+            loss_network = task.train_task_network(synthetic[index_s], train_labels, config.seed + 1)
     held_synthetic = synthetic[torch.from_numpy(held_s).to(synthetic.device)]
     held_real = real[torch.from_numpy(held_r).to(real.device)]
     raw = two_sample_test(held_real.cpu().numpy(), held_synthetic.cpu().numpy(), seed=config.seed,
                           min_steps=TWO_SAMPLE_STEPS)
     return Prepared(synthetic[index_s], real[index_r], label_values,
-                    HeldOut(held_synthetic, held_real, network, raw["accuracy"], raw["confidence"], config.seed))
+                    HeldOut(held_synthetic, held_real, network, raw["accuracy"], raw["confidence"], config.seed),
+                    loss_network)
 
 
 def score(refiner: torch.nn.Module, held_out: HeldOut, config: TrainConfig) -> dict:
