@@ -16,7 +16,7 @@ from pipeline.errors import UserError
 from pipeline.refine import refine_dataset
 from pipeline.refiner_file import read_refiner_info
 from pipeline.training import selection
-from pipeline.training.job import RefinerRefused, train
+from pipeline.training.job import LABEL_LOSS_DIR, RefinerRefused, _retry_with_label_loss, train
 from pipeline.training.task import extract_labels
 from helpers.train import TINY, tiny_config, write_folders
 
@@ -138,6 +138,13 @@ def test_a_run_with_no_safe_refiner_exits_non_zero_and_refine_dataset_refuses_it
     assert result.exit_code != 0
     assert "no refiner of this run is safe to use" in result.output and "What to try" in result.output
     assert "Traceback" not in result.output
+    # Its candidates changed the labels, so it trained once more with the label-consistency
+    # loss, in a run folder of its own, and that run was refused too.
+    assert "training again with the label-consistency loss" in result.output
+    assert "was refused as well" in result.output
+    retried = os.path.join(run_dir, LABEL_LOSS_DIR)
+    assert json.load(open(os.path.join(retried, "config.json")))["label_consistency_weight"] == 1.0
+    assert json.load(open(os.path.join(retried, selection.CHOICE_FILE)))["status"] == "refused"
     choice = json.load(open(os.path.join(run_dir, selection.CHOICE_FILE)))
     assert choice["status"] == "refused" and [c["step"] for c in choice["candidates"]] == [8, 12, 16]
     assert all(not c["passed"] and c["failed"] for c in choice["candidates"])
@@ -153,3 +160,30 @@ def test_a_run_with_no_safe_refiner_exits_non_zero_and_refine_dataset_refuses_it
     assert summary["samples"] == 40
     with pytest.raises(RefinerRefused):  # re-running the finished run gives the same verdict
         train(syn, real, run_dir, overrides=RUNAWAY, local=True)
+
+
+def test_the_label_consistency_loss_trains_against_another_network_than_the_check():
+    synthetic, labels = bars(200, seed=0)
+    real = look_real(bars(200, seed=1)[0])
+    found = extract_labels(labels, "class", [str(i) for i in range(200)])
+    assert selection.prepare(tiny_config(), synthetic, real, found).loss_network is None
+    prepared = selection.prepare(tiny_config(label_consistency_weight=1.0), synthetic, real, found)
+    check, loss = prepared.held_out.network, prepared.loss_network
+    assert loss is not None and loss is not check
+    assert not torch.equal(check.head.weight, loss.head.weight)
+
+
+def test_only_a_run_refused_for_its_labels_trains_again_with_the_label_loss(tmp_path):
+    def run_with(*checks):
+        run_dir = tmp_path / str(len(list(tmp_path.iterdir())))
+        run_dir.mkdir()
+        (run_dir / selection.SELECTION_FILE).write_text("".join(
+            json.dumps({"step": step, "failed_checks": list(checks)}) + "\n" for step in (4, 8)))
+        return str(run_dir)
+
+    assert _retry_with_label_loss(tiny_config(), run_with("labels"))
+    assert _retry_with_label_loss(tiny_config(), run_with("collapse", "labels"))
+    assert not _retry_with_label_loss(tiny_config(), run_with("realism"))  # the loss does not make images real
+    assert not _retry_with_label_loss(tiny_config(label_consistency_weight=1.0), run_with("labels"))  # had it
+    assert not _retry_with_label_loss(tiny_config(label_loss_retry=False), run_with("labels"))
+    assert not _retry_with_label_loss(tiny_config(label=""), run_with("labels"))  # no label to keep

@@ -68,6 +68,9 @@ class TrainConfig:
     # consistency): weight of the task network's loss on refined images against the
     # simulator's labels; 0 = off.
     label_consistency_weight: float = 0.0
+    # When it is 0 and a run is refused with candidates that changed the labels, train
+    # once more with it at 1 (pipeline.training.job).
+    label_loss_retry: bool = True
     # The refiner's output form (pipeline.models.Refiner): "logit" or "residual".
     refiner_output: str = "logit"
     # A learned smooth deformation before the appearance refiner, for simulators whose

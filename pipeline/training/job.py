@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from pipeline import console
 from pipeline.devices import pick_device
 from pipeline.errors import UserError
-from pipeline.files import write_json
+from pipeline.files import atomic_write, write_json
 from pipeline.models import Refiner, StrokeWidth
 from pipeline.refiner_file import save_refiner
 from pipeline.training import selection
@@ -22,6 +23,9 @@ from pipeline.training.step import refiner_spec
 from pipeline.training.task import extract_labels
 
 REFINER_FILE = "refiner.safetensors"
+# Where a run refused for its labels trains again with the label-consistency loss.
+LABEL_LOSS_DIR = "with-label-loss"
+LABEL_LOSS_WEIGHT = 1.0
 log = console.logger("pipeline.training")
 
 
@@ -87,8 +91,11 @@ def train(
     """Train a refiner; returns the path of RUN_DIR/refiner.safetensors (None when
     `stop_after` ended the run before its last step).
 
-    The exported refiner is the best scored candidate (pipeline.training.selection);
-    when none passes the checks, RefinerRefused is raised after the export.
+    The exported refiner is the best scored candidate (pipeline.training.selection).
+    When none passes and some failed the label check, the run is done once more with the
+    label-consistency loss in RUN_DIR/with-label-loss (config `label_loss_retry`), and
+    its refiner is copied to RUN_DIR; when none passes there either, RefinerRefused is
+    raised after the export. `stop_after` applies to the first run.
 
     Runs as a Ray Train job (embedded local Ray unless `address` names a cluster), or
     with `local=True` as a plain loop in this process. Re-running with the same
@@ -100,6 +107,44 @@ def train(
         raise UserError(f"--workers must be >= 1, got {workers}")
     if local and (workers != 1 or address):
         raise UserError("--local trains in this process: it cannot be combined with --workers or --address")
+    try:
+        return _attempt(config, preset, synthetic_dir, real_dir, run_dir, workers, address, local, stop_after)
+    except RefinerRefused:
+        if not _retry_with_label_loss(config, run_dir):
+            raise
+        retry_dir = os.path.join(run_dir, LABEL_LOSS_DIR)
+        log.info(f"the run was refused and some candidates changed the labels: training again with the "
+                 f"label-consistency loss (label_consistency_weight={LABEL_LOSS_WEIGHT:g}) in {retry_dir}")
+        retry = dataclasses.replace(config, label_consistency_weight=LABEL_LOSS_WEIGHT)
+        exported = os.path.join(run_dir, REFINER_FILE)
+        try:
+            _attempt(retry, preset, synthetic_dir, real_dir, retry_dir, workers, address, local, None)
+        except RefinerRefused as again:
+            _copy(os.path.join(retry_dir, REFINER_FILE), exported)
+            raise RefinerRefused(f"{again} (The first run, without the label-consistency loss, was refused as "
+                                 f"well: {os.path.join(run_dir, selection.CHOICE_FILE)}.)") from None
+        _copy(os.path.join(retry_dir, REFINER_FILE), exported)
+        log.info(f"the refiner of the run with the label-consistency loss is copied to {exported}")
+        return exported
+
+
+def _copy(source: str, target: str) -> None:
+    with open(source, "rb") as handle:
+        atomic_write(target, handle.read())
+
+
+def _retry_with_label_loss(config: TrainConfig, run_dir: str) -> bool:
+    """Train again with the label-consistency loss? When it was off, the run has a label
+    to keep, and some candidate failed the label check: the loss pulls the refiner back
+    towards the labels where D pushed it away from them (on thin dark digits every
+    candidate failed without it)."""
+    if not (config.label_loss_retry and config.label and config.label_consistency_weight == 0):
+        return False
+    return any(selection.LABELS in record["failed_checks"] for record in selection.read_records(run_dir))
+
+
+def _attempt(config, preset, synthetic_dir, real_dir, run_dir, workers, address, local, stop_after) -> str | None:
+    """One training run in RUN_DIR and its export."""
     os.makedirs(run_dir, exist_ok=True)
     save_config(run_dir, config, preset)
     problems_file = os.path.join(run_dir, PROBLEMS_FILE)
