@@ -60,6 +60,19 @@ def test_pickle_checkpoints_are_refused(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="seed"):
         ckpt.restore(build_state(other, (1, 12, 12), pools()[1]), good, other)
 
+    class Older:
+        """The same config as written by a version without the newest option."""
+
+        def __getattr__(self, name):
+            return getattr(config, name)
+
+        def to_dict(self):
+            return {k: v for k, v in config.to_dict().items() if k != "label_loss_retry"}
+
+    older = ckpt.save_checkpoint(str(tmp_path / "older.safetensors"), state, Older(), "digits")
+    with pytest.raises(ckpt.CheckpointError, match=r"different options \(label_loss_retry\)"):
+        ckpt.restore(build_state(config, (1, 12, 12), pools()[1]), older, config)
+
 
 def test_resume_gives_the_same_weights_as_one_uninterrupted_run(tmp_path):
     # 2 + 2 + 4 = 8 steps; the interrupted run stops after 5, inside the adversarial

@@ -154,8 +154,10 @@ def _section(tensors: dict, prefix: str) -> dict:
 def restore(state: TrainState, path: str, config: TrainConfig) -> TrainState:
     """Load a checkpoint into a state built from the same config."""
     tensors, meta = read_checkpoint(path)
-    if meta["config"] != config.to_dict():
-        changed = sorted(k for k in meta["config"] if meta["config"][k] != config.to_dict().get(k))
+    current = config.to_dict()
+    if meta["config"] != current:
+        # Options added or removed since the checkpoint was written count as changed too.
+        changed = sorted(k for k in meta["config"].keys() | current.keys() if meta["config"].get(k) != current.get(k))
         raise CheckpointError(f"{path} was written with different options ({', '.join(changed)})")
     try:
         _load_state(state, tensors, meta)
