@@ -4,7 +4,8 @@ A user's real images differ from the simulator's in ways nobody lists in advance
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
 and grey paper), dark-on-light paper, blur, weak ink, another tone response, or two of
 these at once. Each variant here is one such change (or two) applied to real MNIST
-digits, so robustness can be measured on real handwriting in several appearances (`simgan import-real mnist --variant NAME`).
+digits, so robustness can be measured on real handwriting in several appearances
+(`simgan import-real mnist --variant NAME`).
 Variants change appearance only: the class of every digit stays what it was.
 
 Every function takes and returns uint8 images (N x H x W) and draws its randomness
