@@ -14,7 +14,7 @@ import re
 import tarfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, NoReturn
+from typing import Callable, Iterable, Iterator, NamedTuple, NoReturn
 
 import numpy as np
 import webdataset as wds
@@ -455,9 +455,19 @@ def _tar_members(path: str, problems: list[Problem], limits: Limits) -> Iterator
             return
         # Walked before reading: tarfile treats a header cut short as the end of the
         # archive, silently, and reads extended headers whole whatever their size.
-        broken = _header_problem(stream, size)
+        broken, plain = _walk(stream, size)
         if broken and broken[0] == UNREADABLE_TAR:
             problems.append(Problem(shard, None, *broken))
+            return
+        if plain is not None:
+            for member in plain:
+                if member.is_dir:
+                    continue
+                if member.size > limits.member_bytes:
+                    yield member.name, _MemberTrouble(MEMBER_TOO_LARGE, f"member {_printable(member.name)!r} is {member.size} bytes, over the limit of {limits.member_bytes}")
+                else:
+                    stream.seek(member.offset)
+                    yield member.name, stream.read(member.size)
             return
         stream.seek(0)
         read_any = False
@@ -487,33 +497,85 @@ def _tar_members(path: str, problems: list[Problem], limits: Limits) -> Iterator
                             Problem(shard, None, UNREADABLE_TAR, f"not a readable tar file: {broken[1]}"))
 
 
-def _header_problem(stream, size: int) -> tuple[str, str] | None:
-    """(kind, why) when the tar in `stream` stops before its end-of-archive block or
-    holds an extended header over MAX_META_HEADER_BYTES; None for a complete tar.
+class _Plain(NamedTuple):
+    """A member of a tar whose headers are all plain (see `_walk`)."""
 
-    Walks the 512-byte headers (each states its data size) up to the zero block that ends
-    every complete tar; only headers are read.
+    name: str
+    is_dir: bool
+    size: int
+    offset: int  # of its data
+
+
+# Numeric fields tarfile parses (mode, uid, gid, size, mtime; devmajor, devminor), and
+# the form the walk takes them in: octal digits between spaces, ended by NUL or the field.
+_NUMBER_FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (329, 337), (337, 345))
+_PLAIN_NUMBER = re.compile(rb" *[0-7]* *")
+_PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
+
+
+def _nts(field: bytes) -> str:
+    return tarfile.nts(field, tarfile.ENCODING, "surrogateescape")
+
+
+def _plain(header: bytes, offset: int, size: int) -> _Plain | None:
+    """The member a header describes, named as tarfile names it, when the header is a
+    file or folder with octal numbers only; None for anything else (links, extended
+    headers, base-256 numbers), which tarfile then reads."""
+    kind = header[156:157]
+    if kind not in _PLAIN_TYPES:
+        return None
+    for start, stop in _NUMBER_FIELDS:
+        if not _PLAIN_NUMBER.fullmatch(header[start:stop].split(tarfile.NUL, 1)[0]):
+            return None
+    name = _nts(header[0:100])
+    is_dir = kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith("/"))
+    if is_dir:
+        name = name.rstrip("/")
+    prefix = _nts(header[345:500])  # ustar's long names (tarfile reads the field whatever the magic)
+    if prefix:
+        name = prefix + "/" + name
+    return _Plain(name, is_dir, size, offset + tarfile.BLOCKSIZE)
+
+
+def _walk(stream, size: int) -> tuple[tuple[str, str] | None, list[_Plain] | None]:
+    """(problem, members) of the tar in `stream`, from its 512-byte headers alone (each
+    states its data size; data is seeked over).
+
+    problem: (kind, why) when the tar stops before its end-of-archive block or holds an
+    extended header over MAX_META_HEADER_BYTES; None for a complete tar. members: every
+    member in order when the tar is complete and every header is plain (`_plain`), as
+    tarfile would read them; None otherwise, and tarfile reads it. Simulators write plain
+    tars, and tarfile's parsing of every field of every header cost more than the rest
+    of a dataset-wide header pass.
     """
     offset = 0
+    members: list[_Plain] | None = []
     stream.seek(0)
     while True:
         header = stream.read(tarfile.BLOCKSIZE)
         if len(header) < tarfile.BLOCKSIZE:
-            return TRUNCATED_TAR, f"tar ends at byte {size} inside a member header, before the end-of-archive block"
+            return (TRUNCATED_TAR, f"tar ends at byte {size} inside a member header, before the end-of-archive block"), None
         if header == tarfile.NUL * tarfile.BLOCKSIZE:
-            return None
+            return None, members
         try:
             member_size, member_type = _size_and_type(header)
         except tarfile.HeaderError as exc:
-            return TRUNCATED_TAR, f"bad member header at byte {offset}: {_one_line(exc)}"
+            return (TRUNCATED_TAR, f"bad member header at byte {offset}: {_one_line(exc)}"), None
+        if member_size < 0:  # base-256 numbers can be negative; tarfile takes them
+            return (TRUNCATED_TAR, f"bad member header at byte {offset}: negative size {member_size}"), None
         if member_type in _META_TYPES and member_size > MAX_META_HEADER_BYTES:
-            return UNREADABLE_TAR, (f"extended header at byte {offset} is {member_size} bytes, "
-                                    f"over the limit of {MAX_META_HEADER_BYTES}")
+            return (UNREADABLE_TAR, (f"extended header at byte {offset} is {member_size} bytes, "
+                                     f"over the limit of {MAX_META_HEADER_BYTES}")), None
+        if members is not None:
+            member = _plain(header, offset, member_size)
+            if member is None:
+                members = None
+            else:
+                members.append(member)
         blocks = -(-member_size // tarfile.BLOCKSIZE)
         offset += tarfile.BLOCKSIZE * (1 + blocks)
         if offset > size:
-            name = tarfile.nts(header[:100], tarfile.ENCODING, "surrogateescape")
-            return TRUNCATED_TAR, f"member {_printable(name)!r} needs {offset} bytes, the file has {size}"
+            return (TRUNCATED_TAR, f"member {_printable(_nts(header[:100]))!r} needs {offset} bytes, the file has {size}"), None
         stream.seek(offset)
 
 
@@ -562,12 +624,7 @@ def iter_shard(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[RawSample
         return sample
 
     for name, data in _tar_members(path, problems, limits):
-        key, ext = _split_member(_printable(name))
-        # Readers split "a.b.png" into key "a" and extension "b.png"; the writer meant
-        # key "a.b", which is what a user needs to see in the report.
-        if "." in ext:
-            stem, ext = ext.rsplit(".", 1)
-            key = f"{key}.{stem}"
+        key, ext = _member_key(name)
         if current is not None and key != current.key:
             yield finish(current)
             count += 1
@@ -593,10 +650,36 @@ def iter_shard(path: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[RawSample
         yield Problem(shard, None, EMPTY_SHARD, "shard holds no samples")
 
 
-def _member_headers(path: str, limits: Limits) -> Iterator[tuple[str, str, tarfile.TarInfo, tarfile.TarFile]]:
-    """(key, extension, header, open tar) of each member of a shard, from its headers
-    alone: member data is seeked over, not read. Stops quietly at anything the full
-    reader (`iter_shard`) would report; this is for cheap dataset-wide passes."""
+class _Header(NamedTuple):
+    key: str
+    ext: str
+    is_dir: bool
+    is_file: bool
+    size: int
+    read: Callable[[], bytes | None]  # the data (None if cut short); call before the next header
+
+
+def _member_key(name: str) -> tuple[str, str]:
+    """(key, extension) of a member name. Readers split "a.b.png" into key "a" and
+    extension "b.png"; the writer meant key "a.b", which is what a user needs to see."""
+    key, ext = _split_member(_printable(name))
+    if "." in ext:
+        stem, ext = ext.rsplit(".", 1)
+        key = f"{key}.{stem}"
+    return key, ext
+
+
+def _extract(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes | None:
+    try:
+        return tar.extractfile(info).read()
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        return None  # data cut short: the full reader reports the shard
+
+
+def _member_headers(path: str, limits: Limits) -> Iterator[_Header]:
+    """Each member of a shard, from its headers alone: member data is seeked over, not
+    read, unless asked for. Stops quietly at anything the full reader (`iter_shard`)
+    would report; this is for cheap dataset-wide passes."""
     try:
         stream, size, _ = storage.open_input(path)
     except OSError:
@@ -604,19 +687,24 @@ def _member_headers(path: str, limits: Limits) -> Iterator[tuple[str, str, tarfi
     with stream:
         if size > limits.shard_bytes or any(stream.read(6).startswith(magic) for magic in _COMPRESSION_MAGIC):
             return
-        broken = _header_problem(stream, size)
+        broken, plain = _walk(stream, size)
         if broken and broken[0] == UNREADABLE_TAR:
+            return
+        if plain is not None:
+            for member in plain:
+                def read(member=member) -> bytes:
+                    stream.seek(member.offset)
+                    return stream.read(member.size)
+
+                yield _Header(*_member_key(member.name), member.is_dir, not member.is_dir, member.size, read)
             return
         stream.seek(0)
         try:
             tar = tarfile.open(fileobj=stream, mode="r:")  # seekable: skipped data is not read
             for info in tar:
                 tar.members = []
-                key, ext = _split_member(_printable(info.name))
-                if "." in ext:
-                    stem, ext = ext.rsplit(".", 1)
-                    key = f"{key}.{stem}"
-                yield key, ext, info, tar
+                yield _Header(*_member_key(info.name), info.isdir(), info.isreg(), info.size,
+                              lambda info=info: _extract(tar, info))
         except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError):
             return
 
@@ -654,14 +742,18 @@ def check_label_kinds(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> dict
     for path in paths:
         shard = os.path.basename(path)
         keys = found[path] = set()
-        for key, ext, info, tar in _member_headers(path, limits):
-            if info.isdir():
+        for member in _member_headers(path, limits):
+            if member.is_dir:
                 continue
+            key = member.key
             keys.add(key)
-            if ext != LABEL_EXT or not info.isreg() or info.size > min(limits.label_bytes, limits.member_bytes):
+            if member.ext != LABEL_EXT or not member.is_file or member.size > min(limits.label_bytes, limits.member_bytes):
+                continue
+            data = member.read()
+            if data is None:
                 continue
             try:
-                labels = decode_labels(tar.extractfile(info).read(), limits.label_bytes)
+                labels = decode_labels(data, limits.label_bytes)
             except SampleError:
                 continue
             for name, value in labels.items():
