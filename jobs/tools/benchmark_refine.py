@@ -1,11 +1,13 @@
-"""Benchmark: refine N synthetic digit images end to end, and the bare forward pass.
+"""Benchmark: refine N simulator images end to end, and the bare forward pass.
 
     python jobs/tools/benchmark_refine.py --images 20000
     python jobs/tools/benchmark_refine.py --images 100000
+    python jobs/tools/benchmark_refine.py --images-of eyes --images 1200000 --batch-size 8192   # a GPU node
 
 Prints, for the same refiner, batch size and machine:
-- bare forward: images/s of the refiner alone on float tensors already in memory
-  (torch's default threads, i.e. every core), over `--forward-images` images;
+- bare forward: images/s of the refiner alone on float tensors already in memory (on
+  the GPU when refinement runs there, with the stage's own bf16 choice; on CPU with
+  torch's default threads, i.e. every core), over `--forward-images` images;
 - end to end: images/s of `refine_dataset` (read + decode, refine in the actor pool,
   encode, write tars and manifests), timed from the call to its return with Ray already
   started (a cluster is normally up before a job; Ray's own start-up is printed apart);
@@ -15,10 +17,12 @@ Prints, for the same refiner, batch size and machine:
   GCS, raylet and workers), of RSS and of PSS, sampled from /proc every 0.5 s (PSS
   every 2 s). RSS counts
   shared pages (torch's libraries, the object store) once per process; PSS splits them
-  between the processes, so its sum is the better estimate of real use.
+  between the processes, so its sum is the better estimate of real use;
+- on a GPU, its mean and peak utilisation during the run (nvidia-smi every 0.5 s).
 
-Images come from the digits simulator: a pool of distinct rendered digits cycled with
-unique keys, written as shards through `pipeline.data.output.write_labelled_shard`.
+Images come from a simulator (`--images-of`: 28x28 digits with the `digits` refiner, or
+35x55 eyes with the paper's `eye` refiner): a pool of distinct rendered images cycled
+with unique keys, written as shards through `pipeline.data.output.write_labelled_shard`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,12 +41,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.data import digits  # noqa: E402
+from pipeline.data import digits, eyes  # noqa: E402
 from pipeline.data.output import write_labelled_shard  # noqa: E402
 from pipeline.models import Refiner, refiner_preset  # noqa: E402
 from pipeline.ray_watchdog import children  # noqa: E402
-from pipeline.refiner_file import load_refiner, save_refiner  # noqa: E402
-from pipeline.refine.stage import to_tensor  # noqa: E402
+from pipeline.refiner_file import save_refiner  # noqa: E402
+from pipeline.refine.stage import RefineStage, to_tensor  # noqa: E402
 
 
 def _tree(root: int) -> list[int]:
@@ -127,27 +132,78 @@ class PeakMemory:
         self._thread.join()
 
 
-def make_inputs(folder: str, images: int, per_shard: int, pool_size: int = 2000) -> None:
-    rng = np.random.default_rng(0)
-    fonts = digits.usable_fonts()
+class GpuUse:
+    """Mean and peak GPU utilisation (%) from nvidia-smi while it runs; None without one."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout.split()
+                # Every GPU of the node, averaged: the run uses all of them.
+                self.samples.append(sum(float(value) for value in out) / len(out))
+            except (OSError, subprocess.SubprocessError, ValueError, ZeroDivisionError):
+                return
+            self._stop.wait(self.interval)
+
+    def figures(self) -> tuple[float, float] | None:
+        return (sum(self.samples) / len(self.samples), max(self.samples)) if self.samples else None
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# Each simulator's images and the refiner preset measured on them by default.
+SIMULATORS = {
+    "digits": (lambda rng: digits.sample(rng, digits.usable_fonts(), "antialiased"), "digits"),
+    "eyes": (eyes.sample, "eye"),
+}
+
+
+def render_pool(kind: str, count: int, seed: int) -> list[tuple[np.ndarray, dict]]:
+    rng = np.random.default_rng(seed)
+    sample = SIMULATORS[kind][0]
+    return [sample(rng) for _ in range(count)]
+
+
+def make_inputs(folder: str, images: int, per_shard: int, kind: str = "digits", pool_size: int = 2000) -> None:
     # Grey anti-aliased digits: their PNGs cost more to decode and encode than binary
     # ones, and they are what the figures in README were measured on.
-    pool = [digits.sample(rng, fonts, "antialiased") for _ in range(min(pool_size, images))]
+    pool = render_pool(kind, min(pool_size, images), 0)
     for start in range(0, images, per_shard):
         count = min(per_shard, images - start)
         samples = [(f"bench-{i:08d}", *pool[i % len(pool)]) for i in range(start, start + count)]
         write_labelled_shard(folder, f"bench-{start // per_shard:06d}.tar", samples)
 
 
-def bare_forward(refiner_path: str, images: np.ndarray, batch_size: int) -> tuple[float, float]:
-    """(images/s, CPU seconds per image) of the refiner alone."""
-    refiner, _ = load_refiner(refiner_path)
-    batches = [to_tensor(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    with torch.inference_mode():
-        refiner(batches[0])  # warm-up
-        start, cpu = time.perf_counter(), time.process_time()
-        for batch in batches:
-            refiner(batch)
+def bare_forward(refiner_path: str, images: np.ndarray, batch_size: int, device: str | None) -> tuple[float, float]:
+    """(images/s, CPU seconds per image) of the refiner alone, through the refine stage's
+    own forward pass (its device, and on a GPU its bf16 choice) on float tensors already
+    on that device."""
+    stage = RefineStage(refiner_path, device, batch_size)
+    batches = [to_tensor(images[i : i + batch_size]).to(stage.device) for i in range(0, len(images), batch_size)]
+
+    def sync():
+        if stage.cuda:
+            torch.cuda.synchronize()
+
+    stage.forward(batches[0])  # warm-up (and, on a GPU, the bf16 decision)
+    sync()
+    start, cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        stage.forward(batch)
+    sync()
     return len(images) / (time.perf_counter() - start), (time.process_time() - cpu) / len(images)
 
 
@@ -156,7 +212,10 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--per-shard", type=int, default=1000)
-    parser.add_argument("--preset", default="digits", help="refiner preset (28x28 grey digits)")
+    parser.add_argument("--images-of", choices=sorted(SIMULATORS), default="digits",
+                        help="the simulator whose images are refined (digits: 28x28, eyes: 35x55)")
+    parser.add_argument("--preset", default=None, help="refiner preset (default: digits for digits, eye for eyes)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: the GPU when there is one")
     parser.add_argument("--forward-images", type=int, default=5120, help="images timed for the bare forward pass")
     parser.add_argument("--workdir", default=None, help="default: a temporary folder, removed afterwards")
     args = parser.parse_args()
@@ -169,26 +228,30 @@ def main() -> int:
     try:
         in_dir, out_dir = os.path.join(workdir, "in"), os.path.join(workdir, "out")
         refiner_path = os.path.join(workdir, "refiner.safetensors")
+        preset = args.preset or SIMULATORS[args.images_of][1]
+        pool = np.stack([image for image, _ in render_pool(args.images_of, 256, 1)])
+        height, width = pool.shape[1:]
         torch.manual_seed(0)
-        save_refiner(refiner_path, Refiner(refiner_preset(args.preset)), args.preset, 28, 28, 8)
+        save_refiner(refiner_path, Refiner(refiner_preset(preset)), preset, height, width, 8)
         started = time.perf_counter()
-        make_inputs(in_dir, args.images, args.per_shard)
-        print(f"inputs: {args.images} images in {-(-args.images // args.per_shard)} shards, "
-              f"written in {time.perf_counter() - started:.1f} s", flush=True)
+        make_inputs(in_dir, args.images, args.per_shard, args.images_of)
+        print(f"inputs: {args.images} {args.images_of} images ({height}x{width}) in "
+              f"{-(-args.images // args.per_shard)} shards, written in {time.perf_counter() - started:.1f} s; "
+              f"refiner preset {preset}", flush=True)
 
-        pool = np.stack([digits.sample(np.random.default_rng(1), digits.usable_fonts(), "antialiased")[0]
-                         for _ in range(256)])
-        sample = np.resize(pool, (args.forward_images, 28, 28))
-        forward, forward_cpu = bare_forward(refiner_path, sample, args.batch_size)
+        sample = np.resize(pool, (args.forward_images, height, width))
+        forward, forward_cpu = bare_forward(refiner_path, sample, args.batch_size, args.device)
+        where = (torch.cuda.get_device_name() if (args.device or "cuda") == "cuda" and torch.cuda.is_available()
+                 else f"CPU, {torch.get_num_threads()} threads")
         print(f"bare forward: {forward:.1f} images/s, {forward_cpu * 1000:.2f} CPU ms/image "
-              f"(batch {args.batch_size}, {torch.get_num_threads()} threads)", flush=True)
+              f"(batch {args.batch_size}, {where})", flush=True)
 
         started = time.perf_counter()
         with ray_session():
             print(f"ray start-up: {time.perf_counter() - started:.1f} s", flush=True)
-            with PeakMemory() as memory, console.quiet("pipeline.refine"):
+            with PeakMemory() as memory, GpuUse() as gpu, console.quiet("pipeline.refine"):
                 started = time.perf_counter()
-                summary = refine_dataset(in_dir, out_dir, refiner_path, batch_size=args.batch_size)
+                summary = refine_dataset(in_dir, out_dir, refiner_path, batch_size=args.batch_size, device=args.device)
                 wall = time.perf_counter() - started
         end_to_end = summary["ok"] / wall
         print(f"end to end: {end_to_end:.1f} images/s ({summary['ok']} of {summary['samples']} images in {wall:.1f} s)")
@@ -198,7 +261,9 @@ def main() -> int:
         print(f"CPU time: end to end {e2e_cpu * 1000:.2f} ms/image (all processes), bare forward "
               f"{forward_cpu * 1000:.2f} ms/image; ratio bare / end to end {forward_cpu / e2e_cpu:.2f}")
         print("CPU seconds by process: " + ", ".join(f"{name} {sec:.1f}" for name, sec in memory.cpu_by_process()))
-        again, _ = bare_forward(refiner_path, sample, args.batch_size)
+        if gpu.figures():
+            print("GPU utilisation during the run: mean {:.0f} %, peak {:.0f} % (nvidia-smi)".format(*gpu.figures()))
+        again, _ = bare_forward(refiner_path, sample, args.batch_size, args.device)
         print(f"bare forward measured again after the run: {again:.1f} images/s")
         print(f"peak memory, driver + Ray processes: RSS sum {memory.peak_rss / 1024:.0f} MiB, "
               f"PSS sum {memory.peak_pss / 1024:.0f} MiB")

@@ -112,7 +112,7 @@ class RefineStage:
             if self.cuda:
                 out[start : start + len(chunk)] = self._refine_on_gpu(chunk)
             else:
-                out[start : start + len(chunk)] = from_tensor(self._forward(to_tensor(chunk)), chunk)
+                out[start : start + len(chunk)] = from_tensor(self.forward(to_tensor(chunk)), chunk)
         return out
 
     @torch.inference_mode()
@@ -124,13 +124,15 @@ class RefineStage:
         # torch has no uint16 arithmetic on every build: 16-bit images travel as int32.
         host = torch.from_numpy(np.ascontiguousarray(array if chunk.dtype == np.uint8 else array.astype(np.int32)))
         x = host.pin_memory().to(self.device, non_blocking=True).to(torch.float32).mul_(1.0 / scale)
-        y = self._forward(x).float().mul_(scale).round_().clamp_(0, scale)
+        y = self.forward(x).float().mul_(scale).round_().clamp_(0, scale)
         values = y.to(torch.uint8 if chunk.dtype == np.uint8 else torch.int32).cpu().numpy()
         values = values[:, 0] if chunk.ndim == 3 else values.transpose(0, 2, 3, 1)
         return np.ascontiguousarray(values).astype(chunk.dtype)
 
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The refiner on float images already on the stage's device (on a GPU in bf16
+        once the first batch showed it within BF16_TOLERANCE of fp32)."""
         if not self.cuda:
             return self.refiner(x)
         x = x.contiguous(memory_format=torch.channels_last)
