@@ -82,31 +82,52 @@ def _cpu_seconds(pid: int) -> float:
 PSS_EVERY = 4
 
 
-class PeakMemory:
-    """Peak of the summed RSS and PSS of this process and its descendants, and the CPU
-    time they used while it ran (last value seen per process, minus the value at start)."""
+class Sampler:
+    """Calls `sample(round)` every `interval` seconds on a thread, from entering the
+    `with` block to leaving it; `sample` returns False to stop early."""
 
     def __init__(self, interval: float = 0.5):
         self.interval = interval
-        self.peak_rss = self.peak_pss = 0
-        self._cpu_start = {pid: _cpu_seconds(pid) for pid in _tree(os.getpid())}
-        self._cpu_last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         rounds = 0
-        while not self._stop.is_set():
-            pids = _tree(os.getpid())
-            self.peak_rss = max(self.peak_rss, sum(_kib(p, "status", "VmRSS:") for p in pids))
-            # smaps_rollup makes the kernel walk every mapping of a process: about 30 ms a
-            # round over a run's ten processes, 6 % of a core at every 0.5 s, taken from
-            # the refiners it measures. PSS moves with RSS, so it is read every fourth round.
-            if rounds % PSS_EVERY == 0:
-                self.peak_pss = max(self.peak_pss, sum(_kib(p, "smaps_rollup", "Pss:") for p in pids))
-            self._cpu_last.update((p, _cpu_seconds(p)) for p in pids)
+        while not self._stop.is_set() and self.sample(rounds) is not False:
             rounds += 1
             self._stop.wait(self.interval)
+
+    def sample(self, rounds: int) -> bool | None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class PeakMemory(Sampler):
+    """Peak of the summed RSS and PSS of this process and its descendants, and the CPU
+    time they used while it ran (last value seen per process, minus the value at start)."""
+
+    def __init__(self, interval: float = 0.5):
+        super().__init__(interval)
+        self.peak_rss = self.peak_pss = 0
+        self._cpu_start = {pid: _cpu_seconds(pid) for pid in _tree(os.getpid())}
+        self._cpu_last: dict[int, float] = {}
+
+    def sample(self, rounds: int) -> None:
+        pids = _tree(os.getpid())
+        self.peak_rss = max(self.peak_rss, sum(_kib(p, "status", "VmRSS:") for p in pids))
+        # smaps_rollup makes the kernel walk every mapping of a process: about 30 ms a
+        # round over a run's ten processes, 6 % of a core at every 0.5 s, taken from
+        # the refiners it measures. PSS moves with RSS, so it is read every fourth round.
+        if rounds % PSS_EVERY == 0:
+            self.peak_pss = max(self.peak_pss, sum(_kib(p, "smaps_rollup", "Pss:") for p in pids))
+        self._cpu_last.update((p, _cpu_seconds(p)) for p in pids)
 
     def cpu_by_process(self, top: int = 6) -> list[tuple[str, float]]:
         used = []
@@ -123,45 +144,26 @@ class PeakMemory:
     def cpu_seconds(self) -> float:
         return sum(last - self._cpu_start.get(pid, 0.0) for pid, last in self._cpu_last.items())
 
-    def __enter__(self):
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-class GpuUse:
-    """Mean and peak GPU utilisation (%) from nvidia-smi while it runs; None without one."""
+class GpuUse(Sampler):
+    """Mean and peak GPU utilisation (%) from nvidia-smi while it runs; none without one."""
 
     def __init__(self, interval: float = 0.5):
-        self.interval = interval
+        super().__init__(interval)
         self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout.split()
-                # Every GPU of the node, averaged: the run uses all of them.
-                self.samples.append(sum(float(value) for value in out) / len(out))
-            except (OSError, subprocess.SubprocessError, ValueError, ZeroDivisionError):
-                return
-            self._stop.wait(self.interval)
+    def sample(self, rounds: int) -> bool:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=5).stdout.split()
+            # Every GPU of the node, averaged: the run uses all of them.
+            self.samples.append(sum(float(value) for value in out) / len(out))
+            return True
+        except (OSError, subprocess.SubprocessError, ValueError, ZeroDivisionError):
+            return False  # no GPU (or no nvidia-smi) here
 
     def figures(self) -> tuple[float, float] | None:
         return (sum(self.samples) / len(self.samples), max(self.samples)) if self.samples else None
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 # Each simulator's images and the refiner preset measured on them by default.
