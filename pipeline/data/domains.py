@@ -91,6 +91,11 @@ def gamma(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _as_uint8(255 * (images.astype(np.float32) / 255) ** 0.4)
 
 
+def faint(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A badly exposed scan: light grey paper (about 110) and ink only 45 levels above it."""
+    return _as_uint8(110 + images.astype(np.float32) * (45 / 255))
+
+
 def _both(first, second):
     """Two changes at once, `first` applied first: real domains rarely differ in one way only."""
     def both(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -118,6 +123,10 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "thin-inverted": _both(thin, inverted),
     "faded-grainy": _both(low_contrast, grainy),
     "blurred-inverted": _both(blurred, inverted),
+    "thick-inverted": _both(thick, inverted),
+    "grainy-inverted": _both(grainy, inverted),
+    "thin-faded": _both(thin, low_contrast),
+    "faint": faint,
 }
 
 
