@@ -14,9 +14,11 @@ from torch.nn import functional as F
 from pipeline.cli import main
 from pipeline.errors import UserError
 from pipeline.refine import refine_dataset
-from pipeline.refiner_file import read_refiner_info
+from pipeline.refiner_file import load_refiner, read_refiner_info
 from pipeline.training import selection
-from pipeline.training.job import LABEL_LOSS_DIR, RefinerRefused, _retry_with_label_loss, train
+from pipeline.training.job import (
+    CURVES_DIR, LABEL_LOSS_DIR, RefinerRefused, _refused_for_labels, planned_retries, train,
+)
 from pipeline.training.task import extract_labels
 from helpers.train import TINY, tiny_config, write_folders
 
@@ -141,10 +143,16 @@ def test_a_run_with_no_safe_refiner_exits_non_zero_and_refine_dataset_refuses_it
     # Its candidates changed the labels, so it trained once more with the label-consistency
     # loss, in a run folder of its own, and that run was refused too.
     assert "training again with the label-consistency loss" in result.output
-    assert "was refused as well" in result.output
+    assert "The first run was refused as well" in result.output
     retried = os.path.join(run_dir, LABEL_LOSS_DIR)
     assert json.load(open(os.path.join(retried, "config.json")))["label_consistency_weight"] == 1.0
     assert json.load(open(os.path.join(retried, selection.CHOICE_FILE)))["status"] == "refused"
+    # The loss kept the labels there (its candidates were refused as not more realistic),
+    # so no third run with the fitted curves alone was made.
+    assert not any(selection.LABELS in r["failed_checks"] for r in selection.read_records(retried))
+    assert not os.path.exists(os.path.join(run_dir, CURVES_DIR))
+    assert read_refiner_info(os.path.join(run_dir, "refiner.safetensors")).content_hash == read_refiner_info(
+        os.path.join(retried, "refiner.safetensors")).content_hash  # the last run's, marked failed
     choice = json.load(open(os.path.join(run_dir, selection.CHOICE_FILE)))
     assert choice["status"] == "refused" and [c["step"] for c in choice["candidates"]] == [8, 12, 16]
     assert all(not c["passed"] and c["failed"] for c in choice["candidates"])
@@ -173,7 +181,7 @@ def test_the_label_consistency_loss_trains_against_another_network_than_the_chec
     assert not torch.equal(check.head.weight, loss.head.weight)
 
 
-def test_only_a_run_refused_for_its_labels_trains_again_with_the_label_loss(tmp_path):
+def test_only_a_run_refused_for_its_labels_trains_again(tmp_path):
     def run_with(*checks):
         run_dir = tmp_path / str(len(list(tmp_path.iterdir())))
         run_dir.mkdir()
@@ -181,9 +189,43 @@ def test_only_a_run_refused_for_its_labels_trains_again_with_the_label_loss(tmp_
             json.dumps({"step": step, "failed_checks": list(checks)}) + "\n" for step in (4, 8)))
         return str(run_dir)
 
-    assert _retry_with_label_loss(tiny_config(), run_with("labels"))
-    assert _retry_with_label_loss(tiny_config(), run_with("collapse", "labels"))
-    assert not _retry_with_label_loss(tiny_config(), run_with("realism"))  # the loss does not make images real
-    assert not _retry_with_label_loss(tiny_config(label_consistency_weight=1.0), run_with("labels"))  # had it
-    assert not _retry_with_label_loss(tiny_config(label_loss_retry=False), run_with("labels"))
-    assert not _retry_with_label_loss(tiny_config(label=""), run_with("labels"))  # no label to keep
+    assert _refused_for_labels(tiny_config(), run_with("labels"))
+    assert _refused_for_labels(tiny_config(), run_with("collapse", "labels"))
+    assert not _refused_for_labels(tiny_config(), run_with("realism"))  # the loss does not make images real
+    assert not _refused_for_labels(tiny_config(label=""), run_with("labels"))  # no label to keep
+
+
+FIELDS = ("label_consistency_weight", "stroke_width", "k_g", "iterations", "pretrain_discriminator_steps")
+
+
+def _retries(**options):
+    return [(folder, {k: getattr(config, k) for k in FIELDS}) for folder, config, _ in planned_retries(tiny_config(**options))]
+
+
+def test_the_retries_add_the_label_loss_then_keep_the_fitted_curves_alone_and_skip_what_changes_nothing():
+    curves_only = (CURVES_DIR, {"label_consistency_weight": 0.0, "stroke_width": False, "k_g": 0, "iterations": 50,
+                                "pretrain_discriminator_steps": 0})
+    loss = (LABEL_LOSS_DIR, {"label_consistency_weight": 1.0, "stroke_width": True, "k_g": 2, "iterations": 4,
+                             "pretrain_discriminator_steps": 2})
+    assert _retries(stroke_width=True, tone_map=True) == [loss, curves_only]
+    assert _retries(stroke_width=True, tone_map=False, blur=True) == [loss, curves_only]
+    assert _retries(stroke_width=True) == [loss]  # no tone, blur or grain curve: it would be the identity
+    assert _retries(stroke_width=True, tone_map=True, label_consistency_weight=1.0) == [curves_only]
+    assert _retries(stroke_width=True, tone_map=True, label_loss_retry=False) == []
+
+
+def test_a_run_of_the_fitted_curves_alone_changes_images_by_them_only(tmp_path):
+    # The last retry's configuration, trained for real: the refiner never gets an
+    # adversarial update, so what it does to an image is the fitted curves' change.
+    syn, real = write_folders(tmp_path, n=24)
+    config = planned_retries(tiny_config(tone_map=True, stroke_width=True, select_every=4))[-1][1]
+    path = train(syn, real, str(tmp_path / "run"), overrides=config.to_dict(), local=True)
+    refiner, _ = load_refiner(path)
+    assert refiner.stroke is None and refiner.tone is not None
+    x = torch.rand(4, 1, 12, 12)
+    with torch.no_grad():
+        refined, through_curves, _ = refiner.parts(x)
+    assert not torch.equal(through_curves, x)  # the tone curve fitted to the dimmer real bars
+    assert (refined - through_curves).abs().max() < 0.01  # the appearance refiner stayed the identity
+    records = selection.read_records(str(tmp_path / "run"))
+    assert [r["step"] for r in records] == [config.total_steps]  # one candidate: every step's refiner is the same

@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from pipeline.data.domains import VARIANTS  # noqa: E402
-from pipeline.training.job import LABEL_LOSS_DIR  # noqa: E402
+from pipeline.training.job import RETRIES  # noqa: E402
 
 
 def run(command: list[str], log) -> int:
@@ -82,10 +82,12 @@ def main() -> None:
             sys.exit(f"simgan evaluate failed for {variant}; see {log.name}")
         with open(os.path.join(evaluation, "results.json")) as handle:
             results = json.load(handle)
-        # A run refused for its labels trains again with the label-consistency loss.
-        retried = os.path.join(home, "run", LABEL_LOSS_DIR, "selection.json")
-        selection = retried if os.path.exists(retried) else os.path.join(home, "run", "selection.json")
-        verdict = json.load(open(selection)) if os.path.exists(selection) else {}
+        # A run refused for its labels trains again (RETRIES, in turn): the last run made counts.
+        verdict, made = {}, ""
+        for folder, what in [("", ""), *((folder, f" ({folder})") for folder, _, _ in RETRIES)]:
+            path = os.path.join(home, "run", folder, "selection.json")
+            if os.path.exists(path):
+                verdict, made = json.load(open(path)), what
         d, t, p = results["downstream"], results["two_sample"], results["label_preservation"]
         rows.append({
             "variant": variant,
@@ -96,7 +98,7 @@ def main() -> None:
             "real": cell(d["real"]["accuracy"]),
             "two_sample": f"{cell(t['synthetic']['accuracy'])} -> " + ("-" if refused else cell(t["refined"]["accuracy"])),
             "preservation": f"{cell(p['synthetic']['agreement'])} -> " + ("-" if refused else cell(p["refined"]["agreement"])),
-            "step": f"{verdict.get('step')}{' (label loss)' if selection == retried else ''}",
+            "step": f"{verdict.get('step')}{made}",
             "minutes": round((time.time() - began) / 60, 1),
         })
         print(f"[domains] {variant}: {rows[-1]}", flush=True)

@@ -28,7 +28,8 @@ class TrainConfig:
     # Networks: a name from pipeline.models' refiner and discriminator presets.
     model: str = "digits"
     # Schedule: each step is one of R pre-training, D pre-training or an adversarial
-    # iteration (k_g refiner updates, then k_d discriminator updates).
+    # iteration (k_g refiner updates, then k_d discriminator updates). k_g=0: the refiner
+    # stays as pre-trained (about the identity), so only the fitted curves change images.
     pretrain_refiner_steps: int = 60
     pretrain_discriminator_steps: int = 30
     iterations: int = 300
@@ -68,8 +69,9 @@ class TrainConfig:
     # consistency): weight of the task network's loss on refined images against the
     # simulator's labels; 0 = off.
     label_consistency_weight: float = 0.0
-    # When it is 0 and a run is refused with candidates that changed the labels, train
-    # once more with it at 1 (pipeline.training.job).
+    # When a run is refused with candidates that changed the labels, train again: with
+    # this loss at 1, then (refused for the labels again) with the fitted curves alone
+    # (pipeline.training.job.RETRIES).
     label_loss_retry: bool = True
     # The refiner's output form (pipeline.models.Refiner): "logit" or "residual".
     refiner_output: str = "logit"
@@ -207,7 +209,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name in ("pretrain_refiner_steps", "pretrain_discriminator_steps", "iterations"):
         if getattr(c, name) < 0:
             raise UserError(f"{name} must be >= 0, got {getattr(c, name)}")
-    for name in ("k_g", "k_d", "log_every", "sample_every", "checkpoint_every", "minibatch_kernels", "select_every"):
+    if c.k_g < 0:
+        raise UserError(f"k_g must be >= 0, got {c.k_g}")
+    for name in ("k_d", "log_every", "sample_every", "checkpoint_every", "minibatch_kernels", "select_every"):
         if getattr(c, name) < 1:
             raise UserError(f"{name} must be >= 1, got {getattr(c, name)}")
     if c.total_steps < 1:

@@ -26,6 +26,31 @@ REFINER_FILE = "refiner.safetensors"
 # Where a run refused for its labels trains again with the label-consistency loss.
 LABEL_LOSS_DIR = "with-label-loss"
 LABEL_LOSS_WEIGHT = 1.0
+# And where, refused for its labels again, it makes a refiner of the fitted tone, blur and
+# grain curves alone. A pen much broader than the simulator's makes the stroke-width
+# curve, and D then the refiner, grow the bold font glyphs until their loops close, which
+# nothing opens again; the curves alone keep every glyph's shape and still turn the
+# polarity, the paper or the noise (thick strokes dark on light were refused in both
+# runs above; curves alone: 22.0 -> 63.6 %). With no adversarial refiner updates (k_g=0)
+# every candidate is the same refiner, so one is scored, and D needs no pre-training.
+CURVES_DIR = "fitted-curves-only"
+
+
+def _curves_only(config: TrainConfig) -> dict | None:
+    if not (config.tone_map or config.blur or config.grain):
+        return None  # nothing fitted: the refiner would be the identity
+    return {"stroke_width": False, "k_g": 0, "label_consistency_weight": 0.0, "pretrain_discriminator_steps": 0,
+            "iterations": config.select_every}
+
+
+# The runs tried in turn after a run refused for its labels: (folder, its options, or
+# None where it does not apply, and what it is).
+RETRIES = (
+    (LABEL_LOSS_DIR, lambda config: {"label_consistency_weight": LABEL_LOSS_WEIGHT},
+     f"with the label-consistency loss (label_consistency_weight={LABEL_LOSS_WEIGHT:g})"),
+    (CURVES_DIR, _curves_only,
+     "with the fitted tone, blur and grain curves alone (no stroke-width curve, no adversarial refiner updates)"),
+)
 log = console.logger("pipeline.training")
 
 
@@ -92,10 +117,12 @@ def train(
     `stop_after` ended the run before its last step).
 
     The exported refiner is the best scored candidate (pipeline.training.selection).
-    When none passes and some failed the label check, the run is done once more with the
-    label-consistency loss in RUN_DIR/with-label-loss (config `label_loss_retry`), and
-    its refiner is copied to RUN_DIR; when none passes there either, RefinerRefused is
-    raised after the export. `stop_after` applies to the first run.
+    When none passes and some failed the label check, the run is done again (config
+    `label_loss_retry`): with the label-consistency loss in RUN_DIR/with-label-loss,
+    then, refused for its labels there too, with the fitted tone, blur and grain curves
+    alone in RUN_DIR/fitted-curves-only (RETRIES; a retry that would change nothing is
+    skipped). The refiner of the last run is copied to RUN_DIR; when none passes,
+    RefinerRefused is raised after the export. `stop_after` applies to the first run.
 
     Runs as a Ray Train job (embedded local Ray unless `address` names a cluster), or
     with `local=True` as a plain loop in this process. Re-running with the same
@@ -109,38 +136,62 @@ def train(
         raise UserError("--local trains in this process: it cannot be combined with --workers or --address")
     try:
         return _attempt(config, preset, synthetic_dir, real_dir, run_dir, workers, address, local, stop_after)
-    except RefinerRefused:
-        if not _retry_with_label_loss(config, run_dir):
-            raise
-        retry_dir = os.path.join(run_dir, LABEL_LOSS_DIR)
-        log.info(f"the run was refused and some candidates changed the labels: training again with the "
-                 f"label-consistency loss (label_consistency_weight={LABEL_LOSS_WEIGHT:g}) in {retry_dir}")
-        retry = dataclasses.replace(config, label_consistency_weight=LABEL_LOSS_WEIGHT)
-        exported = os.path.join(run_dir, REFINER_FILE)
+    except RefinerRefused as refused:
+        refusal = refused
+    # Refused: train again, differently, while the last run was refused for its labels.
+    exported = os.path.join(run_dir, REFINER_FILE)
+    tried, last = [os.path.join(run_dir, selection.CHOICE_FILE)], (config, run_dir)
+    for folder, retry, what in planned_retries(config):
+        if not _refused_for_labels(*last):
+            break
+        retry_dir = os.path.join(run_dir, folder)
+        log.info(f"the run was refused and some candidates changed the labels: training again {what} in {retry_dir}")
         try:
             _attempt(retry, preset, synthetic_dir, real_dir, retry_dir, workers, address, local, None)
         except RefinerRefused as again:
+            refusal, last = again, (retry, retry_dir)
+            tried.append(os.path.join(retry_dir, selection.CHOICE_FILE))
             _copy(os.path.join(retry_dir, REFINER_FILE), exported)
-            raise RefinerRefused(f"{again} (The first run, without the label-consistency loss, was refused as "
-                                 f"well: {os.path.join(run_dir, selection.CHOICE_FILE)}.)") from None
+            continue
         _copy(os.path.join(retry_dir, REFINER_FILE), exported)
-        log.info(f"the refiner of the run with the label-consistency loss is copied to {exported}")
+        log.info(f"the refiner of the run {what} is copied to {exported}")
         return exported
+    if len(tried) == 1:
+        raise refusal
+    earlier = "The first run was" if len(tried) == 2 else "The earlier runs were"
+    raise RefinerRefused(f"{refusal} ({earlier} refused as well: {', '.join(tried[:-1])}.)") from None
+
+
+def planned_retries(config: TrainConfig) -> list[tuple[str, TrainConfig, str]]:
+    """(folder, config, what) of each run RETRIES makes in turn after a run with `config`
+    refused for its labels; one that would change nothing is left out."""
+    plan, previous = [], config
+    if not config.label_loss_retry:
+        return plan
+    for folder, options, what in RETRIES:
+        changes = options(config)
+        if changes is None:
+            continue
+        retry = dataclasses.replace(config, **changes)
+        if retry != previous:
+            plan.append((folder, retry, what))
+            previous = retry
+    return plan
+
+
+def _refused_for_labels(config: TrainConfig, run_dir: str) -> bool:
+    """Did some candidate of this refused run fail the label check (of a label it has)?
+    Then the label-consistency loss pulls the refiner back towards the labels where D
+    pushed it away from them (on thin dark digits every candidate failed without it),
+    and the fitted curves alone keep the glyphs' shape."""
+    if not config.label:
+        return False
+    return any(selection.LABELS in record["failed_checks"] for record in selection.read_records(run_dir))
 
 
 def _copy(source: str, target: str) -> None:
     with open(source, "rb") as handle:
         atomic_write(target, handle.read())
-
-
-def _retry_with_label_loss(config: TrainConfig, run_dir: str) -> bool:
-    """Train again with the label-consistency loss? When it was off, the run has a label
-    to keep, and some candidate failed the label check: the loss pulls the refiner back
-    towards the labels where D pushed it away from them (on thin dark digits every
-    candidate failed without it)."""
-    if not (config.label_loss_retry and config.label and config.label_consistency_weight == 0):
-        return False
-    return any(selection.LABELS in record["failed_checks"] for record in selection.read_records(run_dir))
 
 
 def _attempt(config, preset, synthetic_dir, real_dir, run_dir, workers, address, local, stop_after) -> str | None:
