@@ -77,9 +77,9 @@ def test_saved_config_guards_the_run_dir(tmp_path):
 
 def test_cli_shows_option_errors_without_a_traceback(tmp_path):
     result = CliRunner().invoke(main, ["train", "--synthetic", str(tmp_path), "--real", str(tmp_path),
-                                       "--out", str(tmp_path / "run"), "--set", "k_g=0"])
+                                       "--out", str(tmp_path / "run"), "--set", "k_g=-1"])
     assert result.exit_code != 0
-    assert "k_g must be >= 1" in result.output and "Traceback" not in result.output
+    assert "k_g must be >= 0" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(main, ["train", "--synthetic", str(tmp_path / "none"), "--real", str(tmp_path),
                                        "--out", str(tmp_path / "run2"), "--local"])
     assert result.exit_code != 0 and "synthetic folder not found" in result.output
