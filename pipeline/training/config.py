@@ -206,11 +206,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     if c.model not in REFINER_PRESETS or c.model not in DISCRIMINATOR_PRESETS:
         models = sorted(set(REFINER_PRESETS) & set(DISCRIMINATOR_PRESETS))
         raise UserError(f"model {c.model!r} is not a network preset; choose from {models}")
-    for name in ("pretrain_refiner_steps", "pretrain_discriminator_steps", "iterations"):
+    for name in ("pretrain_refiner_steps", "pretrain_discriminator_steps", "iterations", "k_g"):
         if getattr(c, name) < 0:
             raise UserError(f"{name} must be >= 0, got {getattr(c, name)}")
-    if c.k_g < 0:
-        raise UserError(f"k_g must be >= 0, got {c.k_g}")
     for name in ("k_d", "log_every", "sample_every", "checkpoint_every", "minibatch_kernels", "select_every"):
         if getattr(c, name) < 1:
             raise UserError(f"{name} must be >= 1, got {getattr(c, name)}")

@@ -31,7 +31,7 @@ LABEL_LOSS_WEIGHT = 1.0
 # curve, and D then the refiner, grow the bold font glyphs until their loops close, which
 # nothing opens again; the curves alone keep every glyph's shape and still turn the
 # polarity, the paper or the noise (thick strokes dark on light were refused in both
-# runs above; curves alone: 22.0 -> 63.6 %). With no adversarial refiner updates (k_g=0)
+# runs above; the curves alone: 22.0 -> 62.4 %). With no adversarial refiner updates (k_g=0)
 # every candidate is the same refiner, so one is scored, and D needs no pre-training.
 CURVES_DIR = "fitted-curves-only"
 
