@@ -431,6 +431,10 @@ def _member_type(info: tarfile.TarInfo) -> str:
     return f"an entry of tar type {info.type!r}"
 
 
+def _too_large(name: str, size: int, limits: Limits) -> _MemberTrouble:
+    return _MemberTrouble(MEMBER_TOO_LARGE, f"member {_printable(name)!r} is {size} bytes, over the limit of {limits.member_bytes}")
+
+
 def _tar_members(path: str, problems: list[Problem], limits: Limits) -> Iterator[tuple[str, bytes | _MemberTrouble]]:
     shard = os.path.basename(path)
     try:
@@ -464,7 +468,7 @@ def _tar_members(path: str, problems: list[Problem], limits: Limits) -> Iterator
                 if member.is_dir:
                     continue
                 if member.size > limits.member_bytes:
-                    yield member.name, _MemberTrouble(MEMBER_TOO_LARGE, f"member {_printable(member.name)!r} is {member.size} bytes, over the limit of {limits.member_bytes}")
+                    yield member.name, _too_large(member.name, member.size, limits)
                 else:
                     stream.seek(member.offset)
                     yield member.name, stream.read(member.size)
@@ -483,7 +487,7 @@ def _tar_members(path: str, problems: list[Problem], limits: Limits) -> Iterator
                 if not info.isreg():
                     yield info.name, _MemberTrouble(MEMBER_NOT_A_FILE, f"member {_printable(info.name)!r} is {_member_type(info)}, not a file")
                 elif info.size > limits.member_bytes:
-                    yield info.name, _MemberTrouble(MEMBER_TOO_LARGE, f"member {_printable(info.name)!r} is {info.size} bytes, over the limit of {limits.member_bytes}")
+                    yield info.name, _too_large(info.name, info.size, limits)
                 else:
                     yield info.name, tar.extractfile(info).read()
         except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError) as exc:
