@@ -113,14 +113,6 @@ def _read_everything(path: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():
-    # hypothesis runs every example in one call of the test: a function-scoped
-    # monkeypatch would be shared by all of them.
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
-
-
-@pytest.fixture(scope="module")
 def folder():
     with tempfile.TemporaryDirectory() as path:
         yield path
@@ -205,6 +197,8 @@ def _with_field(data: bytes, member: int, start: int, value: bytes) -> bytes:
             size = tarfile.nti(header[124:136])
         except tarfile.HeaderError:
             return data
+        if size < 0:  # an earlier edit wrote a negative base-256 size: no later header to find
+            return data
         offset += tarfile.BLOCKSIZE * (1 + -(-size // tarfile.BLOCKSIZE))
         count += 1
     header = bytearray(data[offset : offset + tarfile.BLOCKSIZE])
@@ -247,7 +241,7 @@ def test_the_plain_walk_lists_the_members_tarfile_reads(data):
 @pytest.mark.timeout(120)
 @SETTINGS
 @given(data=edited_tars, harm=damage, n=st.integers(0, 1 << 12), junk=st.binary(max_size=32))
-def test_a_shard_reads_the_same_with_or_without_the_plain_walk(folder, monkeypatch_module, data, harm, n, junk):
+def test_a_shard_reads_the_same_with_or_without_the_plain_walk(folder, data, harm, n, junk):
     path = os.path.join(folder, "same.tar")
     with open(path, "wb") as handle:
         handle.write(harm(data, n, junk))
@@ -261,6 +255,7 @@ def test_a_shard_reads_the_same_with_or_without_the_plain_walk(folder, monkeypat
         return items, kinds
 
     fast = everything()
-    with monkeypatch_module.context() as patch:
+    # A context per example: hypothesis runs them all in one call of the test.
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(shards, "_plain", lambda *args: None)
         assert everything() == fast
