@@ -189,10 +189,11 @@ def make_inputs(folder: str, images: int, per_shard: int, kind: str = "digits", 
         write_labelled_shard(folder, f"bench-{start // per_shard:06d}.tar", samples)
 
 
-def bare_forward(refiner_path: str, images: np.ndarray, batch_size: int, device: str | None) -> tuple[float, float]:
-    """(images/s, CPU seconds per image) of the refiner alone, through the refine stage's
-    own forward pass (its device, and on a GPU its bf16 choice) on float tensors already
-    on that device."""
+def bare_forward(refiner_path: str, images: np.ndarray, batch_size: int,
+                 device: str | None) -> tuple[float, float, torch.device]:
+    """(images/s, CPU seconds per image, device) of the refiner alone, through the refine
+    stage's own forward pass (its device, and on a GPU its bf16 choice) on float tensors
+    already on that device."""
     stage = RefineStage(refiner_path, device, batch_size)
     batches = [to_tensor(images[i : i + batch_size]).to(stage.device) for i in range(0, len(images), batch_size)]
 
@@ -206,7 +207,7 @@ def bare_forward(refiner_path: str, images: np.ndarray, batch_size: int, device:
     for batch in batches:
         stage.forward(batch)
     sync()
-    return len(images) / (time.perf_counter() - start), (time.process_time() - cpu) / len(images)
+    return len(images) / (time.perf_counter() - start), (time.process_time() - cpu) / len(images), stage.device
 
 
 def main() -> int:
@@ -242,9 +243,8 @@ def main() -> int:
               f"refiner preset {preset}", flush=True)
 
         sample = np.resize(pool, (args.forward_images, height, width))
-        forward, forward_cpu = bare_forward(refiner_path, sample, args.batch_size, args.device)
-        where = (torch.cuda.get_device_name() if (args.device or "cuda") == "cuda" and torch.cuda.is_available()
-                 else f"CPU, {torch.get_num_threads()} threads")
+        forward, forward_cpu, device = bare_forward(refiner_path, sample, args.batch_size, args.device)
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"bare forward: {forward:.1f} images/s, {forward_cpu * 1000:.2f} CPU ms/image "
               f"(batch {args.batch_size}, {where})", flush=True)
 
@@ -265,7 +265,7 @@ def main() -> int:
         print("CPU seconds by process: " + ", ".join(f"{name} {sec:.1f}" for name, sec in memory.cpu_by_process()))
         if gpu.figures():
             print("GPU utilisation during the run: mean {:.0f} %, peak {:.0f} % (nvidia-smi)".format(*gpu.figures()))
-        again, _ = bare_forward(refiner_path, sample, args.batch_size, args.device)
+        again, _, _ = bare_forward(refiner_path, sample, args.batch_size, args.device)
         print(f"bare forward measured again after the run: {again:.1f} images/s")
         print(f"peak memory, driver + Ray processes: RSS sum {memory.peak_rss / 1024:.0f} MiB, "
               f"PSS sum {memory.peak_pss / 1024:.0f} MiB")
