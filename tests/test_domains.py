@@ -47,9 +47,17 @@ def test_each_variant_changes_appearance_as_named(digits):
     assert np.array_equal(made["blurred-inverted"], 255 - made["blurred"])
     faded_grainy = made["faded-grainy"].astype(float)
     assert faded_grainy[digits == 0].mean() > 80 and np.abs(faded_grainy[:, 0, 0] - faded_grainy[:, 0, 1]).mean() > 5
+    broad = made["broad"]
+    assert ink(digits) < ink(broad) < ink(made["thick"]) and (broad >= digits).all()
+    salted = made["salt-pepper"]
+    assert np.isin(salted[salted != digits], (0, 255)).all()
+    assert 0.02 < (salted[digits < 10] == 255).mean() < 0.04 and 0.02 < (salted[digits > 245] == 0).mean() < 0.04
+    assert np.array_equal(made["thin-blurred"], apply_variant("blurred", made["thin"], seed=0))
+    thick_grainy = made["thick-grainy"].astype(float)
+    assert np.abs(thick_grainy[:, 0, 0] - thick_grainy[:, 0, 1]).mean() > 5 and ink(made["thick-grainy"]) > ink(broad)
     # Content stays: every variant's ink (or paper, inverted) lies where the digit is.
     for name in ("thick", "thin", "low-contrast", "noisy", "grainy", "heavy", "blurred", "dim-ink", "speckled",
-                 "gamma", "faded-grainy"):
+                 "gamma", "faded-grainy", "broad", "salt-pepper", "thick-grainy", "thin-blurred"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

@@ -2,8 +2,8 @@
 
 A user's real images differ from the simulator's in ways nobody lists in advance:
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
-and grey paper), dark-on-light paper, blur, weak ink, another tone response, or two of
-these at once. Each variant here is one such change (or two) applied to real MNIST
+and grey paper), dust and dead pixels, dark-on-light paper, blur, weak ink, another
+tone response, or two of these at once. Each variant here is one such change (or two) applied to real MNIST
 digits, so robustness can be measured on real handwriting in several appearances
 (`simgan import-real mnist --variant NAME`).
 Variants change appearance only: the class of every digit stays what it was.
@@ -96,6 +96,20 @@ def faint(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _as_uint8(110 + images.astype(np.float32) * (45 / 255))
 
 
+def broad(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A slightly broader pen: strokes grown by about half a pixel on every side (2x2)."""
+    return ndimage.grey_dilation(images, size=(1, 2, 2))
+
+
+def salt_pepper(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dust and dead pixels: 3 % of the pixels black and 3 % white, the rest as they are."""
+    draw = rng.random(images.shape)
+    out = images.copy()
+    out[draw < 0.03] = 0
+    out[draw > 0.97] = 255
+    return out
+
+
 def _both(first, second):
     """Two changes at once, `first` applied first: real domains rarely differ in one way only."""
     def both(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -127,6 +141,10 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "grainy-inverted": _both(grainy, inverted),
     "thin-faded": _both(thin, low_contrast),
     "faint": faint,
+    "broad": broad,
+    "salt-pepper": salt_pepper,
+    "thick-grainy": _both(thick, grainy),
+    "thin-blurred": _both(thin, blurred),
 }
 
 
