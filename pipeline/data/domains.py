@@ -145,6 +145,9 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "salt-pepper": salt_pepper,
     "thick-grainy": _both(thick, grainy),
     "thin-blurred": _both(thin, blurred),
+    "thick-faded": _both(thick, low_contrast),
+    "thin-grainy": _both(thin, grainy),
+    "blurred-grainy": _both(blurred, grainy),
 }
 
 
