@@ -48,6 +48,9 @@ class RefinerSpec:
     # A fixed optical blur (Blur) after the stroke width, its width fitted by training to
     # the real images' edges; none when they are as sharp as the synthetic.
     blur: bool = False
+    # A fixed per-image zoom (GlyphSize) applied first, fitted by training to the real
+    # images' glyph sizes.
+    size: bool = False
 
     def to_dict(self) -> dict:
         # Fields added after the first release are written only when they differ from
@@ -55,7 +58,7 @@ class RefinerSpec:
         # file made before they existed stays the same.
         data = asdict(self)
         for name, default in (("output", "logit"), ("deform_pixels", 0.0), ("tone_map", False), ("noise", False),
-                              ("stroke", False), ("grain", False), ("blur", False)):
+                              ("stroke", False), ("grain", False), ("blur", False), ("size", False)):
             if data[name] == default:
                 del data[name]
         return data
@@ -212,29 +215,20 @@ def _grow(x: torch.Tensor, step: int) -> torch.Tensor:
     return F.max_pool2d(x, 3, 1, 1)
 
 
-class StrokeWidth(nn.Module):
-    """A fixed change of each image's stroke width: grey-level dilation or erosion of
-    its ink by a per-image amount, a fractional part blending in the next step.
-
-    The simulator's pen is rarely the real one, and growing or shrinking every stroke
-    is a change an L1 self-regularisation forbids (it touches every edge pixel) while
-    a patch discriminator sees it at once; a refiner left to do it alone breaks glyphs
-    or collapses. Each image's width is measured (`widths`) and mapped through a
-    monotone curve, `source` widths to `target` widths at matching quantiles, so bold
-    and light glyphs keep their order while the spread becomes the real one. Training
-    fits the curve and the rendering's paper and ink tones (`tones`) to the real images before
-    the refiner learns (pipeline.training.tone); the self-regularisation then compares
-    with the adjusted input. All are buffers, saved with the weights; the identity
-    curve leaves images unchanged.
-    """
+class _FittedCurve(nn.Module):
+    """A per-image figure of the ink (`measure`), mapped through a monotone curve fitted
+    by training: `source` values to `target` values at matching quantiles of the
+    synthetic and the real images, so images keep their order while the spread becomes
+    the real one. The rendering's paper and ink tones (`tones`) tell ink from paper. All
+    are buffers, saved with the weights; the identity curve leaves images unchanged."""
 
     QUANTILES = 33
-    LIMIT = 3  # pixels of growth or shrinkage at most
     RAMP = (0.25, 0.75)  # of the paper-to-ink scale: below is paper, above is ink
+    SPAN = 8.0  # the identity curve's range; any range is the identity
 
     def __init__(self):
         super().__init__()
-        identity = torch.linspace(0, 2 * self.LIMIT + 2, self.QUANTILES)
+        identity = torch.linspace(0, self.SPAN, self.QUANTILES)
         self.register_buffer("source", identity.clone())
         self.register_buffer("target", identity.clone())
         self.register_buffer("tones", torch.tensor([0.0, 1.0]))  # paper, ink
@@ -247,6 +241,39 @@ class StrokeWidth(nn.Module):
         start, end = self.RAMP
         return ((scale - start) / (end - start)).clamp(0, 1)
 
+    def measure(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mapped(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` through the source -> target curve: linear between quantiles, and
+        beyond the ends the change at that end (so the identity curve is the identity
+        everywhere)."""
+        source, target = self.source.to(values.dtype), self.target.to(values.dtype)
+        upper = torch.searchsorted(source, values.contiguous()).clamp(1, len(source) - 1)
+        low, high = source[upper - 1], source[upper]
+        fraction = (values - low) / (high - low).clamp(min=1e-6)
+        inside = target[upper - 1] + fraction.clamp(0, 1) * (target[upper] - target[upper - 1])
+        below, above = values + (target[0] - source[0]), values + (target[-1] - source[-1])
+        return torch.where(values < source[0], below, torch.where(values > source[-1], above, inside))
+
+
+class StrokeWidth(_FittedCurve):
+    """A fixed change of each image's stroke width: grey-level dilation or erosion of
+    its ink by a per-image amount, a fractional part blending in the next step.
+
+    The simulator's pen is rarely the real one, and growing or shrinking every stroke
+    is a change an L1 self-regularisation forbids (it touches every edge pixel) while
+    a patch discriminator sees it at once; a refiner left to do it alone breaks glyphs
+    or collapses. Each image's width is measured (`widths`) and mapped through the
+    curve, so bold and light glyphs keep their order while the spread becomes the real
+    one. Training fits the curve and the tones to the real images before the refiner
+    learns (pipeline.training.tone); the self-regularisation then compares with the
+    adjusted input.
+    """
+
+    LIMIT = 3  # pixels of growth or shrinkage at most
+    SPAN = 2 * LIMIT + 2
+
     def widths(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) stroke width in pixels: twice the ink area over its outline's length (a
         stroke of width w and length L has area wL and outline 2L). Blur spreads an
@@ -257,17 +284,7 @@ class StrokeWidth(nn.Module):
         outline = torch.sqrt(dx**2 + dy**2).sum(dim=(1, 2, 3))
         return 2 * ink.sum(dim=(1, 2, 3)) / outline.clamp(min=1e-3)
 
-    def mapped(self, widths: torch.Tensor) -> torch.Tensor:
-        """`widths` through the source -> target curve: linear between quantiles, and
-        beyond the ends the change at that end (so the identity curve is the identity
-        everywhere)."""
-        source, target = self.source.to(widths.dtype), self.target.to(widths.dtype)
-        upper = torch.searchsorted(source, widths.contiguous()).clamp(1, len(source) - 1)
-        low, high = source[upper - 1], source[upper]
-        fraction = (widths - low) / (high - low).clamp(min=1e-6)
-        inside = target[upper - 1] + fraction.clamp(0, 1) * (target[upper] - target[upper - 1])
-        below, above = widths + (target[0] - source[0]), widths + (target[-1] - source[-1])
-        return torch.where(widths < source[0], below, torch.where(widths > source[-1], above, inside))
+    measure = widths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         widths = self.widths(x)
@@ -276,6 +293,59 @@ class StrokeWidth(nn.Module):
         if not bool((amount.abs() > 1e-3).any()):
             return x
         return change_width(x, amount, bright_ink=bool(self.tones[1] >= self.tones[0]))
+
+
+class GlyphSize(_FittedCurve):
+    """A fixed change of each image's size: a zoom about its centre of ink by a
+    per-image factor, resampled bilinearly, edges extended.
+
+    A simulator draws its objects at a size of its own (the digit renderer's glyphs
+    spread less than MNIST's, which are scaled to fill a 20-pixel box), and no local
+    refiner can rescale a whole glyph. Each image's size is measured (`sizes`: the
+    spread of its ink about its centre) and mapped through the curve, fitted by
+    training to the real images (pipeline.training.tone) before the stroke width, so
+    small and large glyphs keep their order while the spread of sizes becomes the real
+    one. Keep it off where position or size is the label.
+    """
+
+    LIMIT = 1.5  # the largest zoom in or out
+    SPAN = 14.0
+
+    def sizes(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) the root mean square distance of the ink from its centre, in pixels:
+        it scales exactly with a zoom about that centre and barely moves with the
+        stroke width."""
+        return self._centred(x)[2]
+
+    measure = sizes
+
+    def _centred(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ink = self.ink_map(x)[:, 0]
+        n, h, w = ink.shape
+        mass = ink.sum(dim=(1, 2)).clamp(min=1e-6)
+        ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1)
+        xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w)
+        cy, cx = (ink * ys).sum(dim=(1, 2)) / mass, (ink * xs).sum(dim=(1, 2)) / mass
+        spread = (ink * ((ys - cy.view(n, 1, 1)) ** 2 + (xs - cx.view(n, 1, 1)) ** 2)).sum(dim=(1, 2)) / mass
+        return cy, cx, spread.sqrt()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        cy, cx, size = (value.detach() for value in self._centred(x))
+        zoom = (self.mapped(size) / size.clamp(min=1e-3)).clamp(1 / self.LIMIT, self.LIMIT)
+        zoom = torch.where(size > 1e-3, zoom, torch.ones_like(zoom))
+        keep = (zoom - 1).abs() <= 1e-3
+        if bool(keep.all()):
+            return x
+        # Output pixel p shows the input at c + (p - c) / zoom, in grid_sample's [-1, 1] coordinates.
+        ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1)
+        xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w)
+        z = zoom.view(n, 1, 1).to(x.dtype)
+        source_y = (cy.view(n, 1, 1) + (ys - cy.view(n, 1, 1)) / z).expand(n, h, w)
+        source_x = (cx.view(n, 1, 1) + (xs - cx.view(n, 1, 1)) / z).expand(n, h, w)
+        grid = torch.stack([2 * source_x / max(w - 1, 1) - 1, 2 * source_y / max(h - 1, 1) - 1], dim=-1)
+        zoomed = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return torch.where(keep.view(n, 1, 1, 1), x, zoomed)
 
 
 def change_width(x: torch.Tensor, amount: torch.Tensor, bright_ink: bool = True) -> torch.Tensor:
@@ -351,8 +421,9 @@ class Refiner(nn.Module):
     term) and are the identity at delta = 0. With spec.deform_pixels > 0 a smooth
     deformation (Deformation) is applied first; with spec.tone_map a fixed tone curve
     (ToneMap) before that, with spec.blur a fixed optical blur (Blur) before the tone
-    curve, and with spec.stroke a fixed stroke-width change (StrokeWidth) before
-    everything; with spec.grain fixed sensor grain (Grain) after the tone curve.
+    curve, with spec.stroke a fixed stroke-width change (StrokeWidth) before that, and
+    with spec.size a fixed per-image zoom (GlyphSize) before everything; with
+    spec.grain fixed sensor grain (Grain) after the tone curve.
     """
 
     EPS = 1e-3
@@ -363,6 +434,7 @@ class Refiner(nn.Module):
             raise ValueError(f"unknown refiner output form {spec.output!r}; choose from {OUTPUT_FORMS}")
         self.spec = spec
         k = spec.kernel
+        self.size = GlyphSize() if spec.size else None
         self.stroke = StrokeWidth() if spec.stroke else None
         self.tone = ToneMap(spec.channels) if spec.tone_map else None
         self.grain = Grain(spec.channels) if spec.grain else None
@@ -389,9 +461,11 @@ class Refiner(nn.Module):
         return torch.sigmoid(torch.logit(x.clamp(self.EPS, 1 - self.EPS)) + delta)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(refined, input as the appearance refiner gets it (stroke width, blur, tone,
-        grain and deformation applied), displacement field or None): what training's
+        """(refined, input as the appearance refiner gets it (size, stroke width, blur,
+        tone, grain and deformation applied), displacement field or None): what training's
         losses need."""
+        if self.size is not None:
+            x = self.size(x)
         if self.stroke is not None:
             x = self.stroke(x)
         if self.blur is not None:
@@ -599,12 +673,12 @@ class Discriminator(nn.Module):
 
 def refiner_preset(name: str, channels: int = 1, output: str = "logit", deform_pixels: float = 0.0,
                    tone_map: bool = False, noise: bool = False, stroke: bool = False, grain: bool = False,
-                   blur: bool = False) -> RefinerSpec:
+                   blur: bool = False, size: bool = False) -> RefinerSpec:
     if name not in REFINER_PRESETS:
         raise ValueError(f"unknown refiner preset {name!r}; choose from {sorted(REFINER_PRESETS)}")
     return RefinerSpec(**{**REFINER_PRESETS[name].to_dict(), "channels": channels, "output": output,
                           "deform_pixels": deform_pixels, "tone_map": tone_map, "noise": noise,
-                          "stroke": stroke, "grain": grain, "blur": blur})
+                          "stroke": stroke, "grain": grain, "blur": blur, "size": size})
 
 
 def discriminator_preset(

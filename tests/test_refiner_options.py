@@ -1,19 +1,20 @@
 """The options beyond the paper: the residual output form, the learned deformation, the
-label-consistency loss, spectral normalisation in D, the fitted stroke width, tone curve
-sensor grain and blur, and the noise channel. Each test fails if its option does nothing."""
+label-consistency loss, spectral normalisation in D, the fitted glyph size, stroke width,
+tone curve, sensor grain and blur, and the noise channel. Each test fails if its option does nothing."""
 
 import pytest
 import torch
 
 from pipeline.errors import UserError
 from pipeline.models import (
-    Blur, Deformation, Discriminator, Grain, Refiner, RefinerSpec, StrokeWidth, ToneMap, discriminator_preset, image_noise,
+    Blur, Deformation, Discriminator, GlyphSize, Grain, Refiner, RefinerSpec, StrokeWidth, ToneMap, discriminator_preset,
+    image_noise,
 )
 from pipeline.refiner_file import load_refiner, save_refiner
 from pipeline.training import losses, task
 from pipeline.training.tone import (
-    fit_blur, fit_grain, fit_input_changes, fit_stroke_width, fit_tone_table, keep_labels, noise_level, scaled_stroke,
-    sharpness,
+    fit_blur, fit_glyph_size, fit_grain, fit_input_changes, fit_stroke_width, fit_tone_table, keep_labels, noise_level,
+    scaled_curve, sharpness,
 )
 from pipeline.training.step import build_state, train_step
 from helpers.train import pools, tiny_config
@@ -196,6 +197,82 @@ def test_the_stroke_width_curve_gives_synthetic_strokes_the_real_pen(real_pen, r
     assert torch.equal(adjusted[..., :, :1], synthetic[..., :, :1])
 
 
+def _rings(n, radii, seed, width=1.6):
+    """Rings of random radius in `radii` around random centres near the middle of 24x24
+    images: glyphs of several sizes."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    radius = radii[0] + (radii[1] - radii[0]) * torch.rand(n, 1, 1, generator=g)
+    centre = 11.5 + 2 * (torch.rand(n, 2, 1, 1, generator=g) - 0.5)
+    distance = torch.sqrt((ys - centre[:, 0]) ** 2 + (xs - centre[:, 1]) ** 2)
+    return ((width / 2 + 0.5 - (distance - radius).abs()).clamp(0, 1)).unsqueeze(1)
+
+
+@pytest.mark.parametrize("real_look", [lambda x: x, lambda x: 0.9 - 0.6 * x], ids=["same-look", "faded-dark-ink"])
+def test_the_size_curve_zooms_each_glyph_to_the_real_sizes_about_its_centre(real_look):
+    synthetic = _rings(300, (4.0, 6.0), seed=0)
+    assert torch.equal(GlyphSize()(synthetic), synthetic)  # the identity until fitted
+    real = real_look(_rings(300, (5.5, 8.0), seed=1, width=2.5))  # larger, another pen and look
+    size = _fitted_module(GlyphSize(), fit_glyph_size(synthetic, real))
+    wanted = size.sizes(_rings(300, (5.5, 8.0), seed=2)).median()
+    before, zoomed = size.sizes(synthetic), size(synthetic)
+    after = size.sizes(zoomed)
+    assert abs(after.median() - wanted) < 0.15 * abs(before.median() - wanted)
+    assert (after > before).all()  # small glyphs grow, and the order of sizes is kept
+    ranks = torch.stack([after.argsort().argsort(), before.argsort().argsort()]).float()
+    assert torch.corrcoef(ranks)[0, 1] > 0.95
+    cy, cx, _ = size._centred(synthetic)
+    zy, zx, _ = size._centred(zoomed)
+    # The centre stays (to the resampling's rounding of thin strokes).
+    assert (zy - cy).abs().mean() < 0.1 and (zx - cx).abs().mean() < 0.1 and (zy - cy).abs().max() < 0.4
+    assert zoomed.min() >= 0 and zoomed.max() <= 1
+    assert torch.allclose(size(synthetic[7:9]), zoomed[7:9], atol=1e-6)  # not on the batch it is in
+    # The same real glyphs shrink what is larger than they are.
+    shrink = _fitted_module(GlyphSize(), fit_glyph_size(_rings(300, (8.0, 10.0), seed=3), real))
+    large = _rings(300, (8.0, 10.0), seed=3)
+    assert size.sizes(shrink(large)).median() < size.sizes(large).median() - 1
+
+
+class _ReadsSize(torch.nn.Module):
+    """A stand-in task network whose class is whether a glyph's ink spreads further than
+    `limit` pixels from its centre."""
+
+    kind = task.CLASSIFICATION
+
+    def __init__(self, limit: float):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x):
+        size = GlyphSize().sizes(x)
+        return torch.stack([self.limit - size, size - self.limit], dim=1)
+
+
+def test_the_size_curve_comes_first_reaches_the_refiner_and_is_scaled_back_to_keep_labels():
+    synthetic, real = _rings(200, (4.0, 5.0), seed=0), _rings(200, (5.5, 6.5), seed=1)
+    config = tiny_config(glyph_size=True, stroke_width=True)
+    fitted, kept = fit_input_changes(config, synthetic, real)
+    assert kept == {}
+    state = build_state(config, (1, 24, 24), real, fitted=fitted)
+    with torch.no_grad():
+        adjusted = state.refiner.parts(synthetic)[1]
+    sizes = GlyphSize().sizes
+    assert abs(sizes(adjusted).median() - sizes(real).median()) < 0.25
+    # The stroke curve is fitted to the zoomed glyphs: the pen stays the real one.
+    widths = StrokeWidth().widths
+    assert abs(widths(adjusted).median() - widths(real).median()) < 0.3
+    # A task network that reads large glyphs as another class keeps only part of the zoom.
+    network = _ReadsSize(5.5)
+    assert task.consistency(network, synthetic, adjusted) < 0.2
+    fitted, kept = fit_input_changes(config, synthetic, real, network, synthetic)
+    assert 0.1 < kept["size"] < 0.9
+    state = build_state(config, (1, 24, 24), real, fitted=fitted)
+    with torch.no_grad():
+        zoomed = state.refiner.size(synthetic)
+    assert task.consistency(network, synthetic, zoomed) >= 0.95
+    assert sizes(zoomed).median() > sizes(synthetic).median() + 0.2
+
+
 def test_with_a_tone_curve_the_refiner_is_regularised_towards_the_tone_mapped_input():
     synthetic = _strokes(64)
     faded = 0.35 + 0.3 * _strokes(64, seed=1)
@@ -249,7 +326,7 @@ class _ReadsWidth(torch.nn.Module):
 
 
 def _scaled_stroke(buffers):
-    return lambda fraction: _fitted_module(StrokeWidth(), scaled_stroke(buffers, fraction))
+    return lambda fraction: _fitted_module(StrokeWidth(), scaled_curve(buffers, fraction))
 
 
 def test_the_stroke_curve_is_scaled_back_until_the_task_network_reads_the_same_labels():
@@ -401,8 +478,9 @@ def test_grain_fitted_to_zero_leaves_training_exactly_as_without_it():
 
 
 def test_the_fitted_input_changes_and_noise_travel_in_the_refiner_file(tmp_path):
-    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True, stroke=True, grain=True, blur=True))
+    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True, stroke=True, grain=True, blur=True, size=True))
     with torch.no_grad():
+        refiner.size.target.mul_(1.3)  # every glyph 30 % larger
         refiner.blur.sigma.fill_(0.7)
         refiner.tone.table.copy_(0.2 + 0.5 * torch.linspace(0, 1, ToneMap.LEVELS)[None])
         refiner.stroke.target.add_(1.0)  # every stroke a pixel wider
@@ -411,6 +489,7 @@ def test_the_fitted_input_changes_and_noise_travel_in_the_refiner_file(tmp_path)
     save_refiner(path, refiner, "digits", 16, 16)
     loaded, info = load_refiner(path)
     assert info.spec.tone_map and info.spec.noise and info.spec.stroke and info.spec.grain and info.spec.blur
+    assert info.spec.size
     x = _strokes(4)
     with torch.no_grad():
         assert torch.allclose(loaded(x), refiner.eval()(x))
@@ -418,6 +497,7 @@ def test_the_fitted_input_changes_and_noise_travel_in_the_refiner_file(tmp_path)
         assert loaded.stroke(x).sum() > x.sum() * 1.2
         assert loaded.grain.sigma.item() == pytest.approx(0.05)
         assert loaded.blur.sigma.item() == pytest.approx(0.7)
+        assert loaded.size.sizes(loaded.size(x)).mean() > 1.2 * loaded.size.sizes(x).mean()
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -87,6 +87,10 @@ class TrainConfig:
     # A stroke-width curve fitted to the real images (pipeline.training.tone) before the
     # tone curve: a broader or finer pen than the simulator's, without an L1 cost.
     stroke_width: bool = False
+    # A size curve fitted to the real images (pipeline.training.tone) before the stroke
+    # width: each image zoomed about its centre of ink so that the glyphs' sizes match
+    # the real ones. Keep it off where position or size is the label (gaze).
+    glyph_size: bool = False
     # Sensor grain fitted to the real images' noise (pipeline.training.tone), added after
     # the tone curve; none when the real images are as clean as the synthetic ones.
     grain: bool = False

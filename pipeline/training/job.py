@@ -86,8 +86,12 @@ def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str
     if refiner.tone is not None:
         curves = ", ".join(f"{t[0]:.2f}..{t[-1]:.2f}" for t in refiner.tone.table.tolist())
         log.info(f"its tone curve, fitted to the real images, maps black..white to {curves}")
+    middle = StrokeWidth.QUANTILES // 2
+    if refiner.size is not None:
+        log.info(f"its size curve, fitted to the real images, takes the median glyph size (root mean square "
+                 f"distance of the ink from its centre) from {refiner.size.source[middle]:.2f} to "
+                 f"{refiner.size.target[middle]:.2f} px")
     if refiner.stroke is not None:
-        middle = StrokeWidth.QUANTILES // 2
         log.info(f"its stroke-width curve, fitted to the real images, takes the median stroke from "
                  f"{refiner.stroke.source[middle]:.2f} to {refiner.stroke.target[middle]:.2f} px")
     if refiner.blur is not None:

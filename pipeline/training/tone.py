@@ -1,8 +1,9 @@
-"""Fitting the refiner's fixed input changes to the real images: the stroke width
-(pipeline.models.StrokeWidth), the optical blur (pipeline.models.Blur), the tone curve
-(pipeline.models.ToneMap) and the sensor grain (pipeline.models.Grain). No real labels
-are used; the stroke curve and the blur are checked against the task network trained
-on the simulator's labels (keep_labels).
+"""Fitting the refiner's fixed input changes to the real images: the glyph size
+(pipeline.models.GlyphSize), the stroke width (pipeline.models.StrokeWidth), the optical
+blur (pipeline.models.Blur), the tone curve (pipeline.models.ToneMap) and the sensor
+grain (pipeline.models.Grain). No real labels are used; the size and stroke curves and
+the blur are checked against the task network trained on the simulator's labels
+(keep_labels).
 
 The curve is the straight line that takes the synthetic images' darkest and brightest
 tones (their 1st and 99th percentiles, channel by channel) to the real images'. Matching
@@ -23,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from pipeline.models import Blur, Grain, StrokeWidth, ToneMap
+from pipeline.models import Blur, GlyphSize, Grain, StrokeWidth, ToneMap
 from pipeline.training import task
 
 # Images and pixels per channel used for the fit: plenty for two percentiles.
@@ -39,7 +40,7 @@ PAPER_QUARTILES = (0.25, 0.75)
 # own noise (the estimates' error then dominates the difference), is left out: the
 # images count as equally clean.
 GRAIN_FLOOR = 0.01
-# The stroke-width curve and the blur are scaled towards the identity until the task
+# The size and stroke-width curves and the blur are scaled towards the identity until the task
 # network reads at least min_label_consistency + this on held-out synthetic images so
 # adjusted: the refiner's own changes then still have room under the selection's threshold.
 LABEL_MARGIN = 0.05
@@ -118,6 +119,17 @@ def fit_tone_table(synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.T
 
 def fit_stroke_width(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
     """The buffers of pipeline.models.StrokeWidth fitted to the real images."""
+    return _fit_curve(StrokeWidth(), synthetic, real)
+
+
+def fit_glyph_size(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The buffers of pipeline.models.GlyphSize fitted to the real images."""
+    return _fit_curve(GlyphSize(), synthetic, real)
+
+
+def _fit_curve(curve, synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A _FittedCurve's buffers: its figure of the synthetic images mapped to the real
+    images' at matching quantiles, each side's ink told from its own paper."""
     synthetic, real = _prepared(synthetic), _prepared(real)
     low, high = _extremes(synthetic).mean(dim=0).tolist()
     # Ink is the minority tone: on a light page, the dark extreme.
@@ -127,17 +139,15 @@ def fit_stroke_width(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, t
     real_low, real_high = _extremes(real).mean(dim=0).tolist()
     falling = _tone(synthetic, real)[1] == "falling"
     real_paper, real_ink = (real_high, real_low) if dark_ink != falling else (real_low, real_high)
-    quantiles = torch.linspace(0, 1, StrokeWidth.QUANTILES)
+    quantiles = torch.linspace(0, 1, curve.QUANTILES)
 
-    def widths(images, paper, ink):
-        stroke = StrokeWidth()
-        stroke.tones.copy_(torch.tensor([paper, ink]))
-        return torch.quantile(stroke.widths(images), quantiles)
+    def figures(images, paper, ink):
+        curve.tones.copy_(torch.tensor([paper, ink]))
+        return torch.quantile(curve.measure(images), quantiles)
 
-    # Strictly increasing, so that the curve is a function of the width.
-    source = torch.cummax(widths(synthetic, paper, ink), 0).values + torch.arange(len(quantiles)) * 1e-4
-    return {"source": source, "target": widths(real, real_paper, real_ink),
-            "tones": torch.tensor([paper, ink])}
+    # Strictly increasing, so that the curve is a function of the figure.
+    source = torch.cummax(figures(synthetic, paper, ink), 0).values + torch.arange(len(quantiles)) * 1e-4
+    return {"source": source, "target": figures(real, real_paper, real_ink), "tones": torch.tensor([paper, ink])}
 
 
 def noise_level(images: torch.Tensor) -> torch.Tensor:
@@ -224,9 +234,10 @@ def fit_blur(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Ten
 
 
 # The fixed input changes, by refiner module name, in the order the refiner applies them.
-_MODULES = {"stroke": lambda channels: StrokeWidth(), "blur": Blur, "tone": ToneMap, "grain": Grain}
+_MODULES = {"size": lambda channels: GlyphSize(), "stroke": lambda channels: StrokeWidth(), "blur": Blur,
+            "tone": ToneMap, "grain": Grain}
 # How the training log names those that are kept label-safe.
-DESCRIPTIONS = {"stroke": "stroke-width curve", "blur": "blur"}
+DESCRIPTIONS = {"size": "size curve", "stroke": "stroke-width curve", "blur": "blur"}
 
 
 def _module(name: str, buffers: dict[str, torch.Tensor], channels: int, device: torch.device | str = "cpu"):
@@ -266,9 +277,12 @@ def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor, netwo
             kept[name] = fraction
         return scaled(fraction)
 
+    if config.glyph_size:
+        size = fit_glyph_size(sample, real)
+        fitted["size"] = label_safe("size", lambda f: scaled_curve(size, f))
     if config.stroke_width:
-        stroke = fit_stroke_width(synthetic, real)
-        fitted["stroke"] = label_safe("stroke", lambda f: scaled_stroke(stroke, f))
+        stroke = fit_stroke_width(_changed(fitted, sample), real)
+        fitted["stroke"] = label_safe("stroke", lambda f: scaled_curve(stroke, f))
     if config.blur:
         blur = fit_blur(_changed(fitted, sample), real)
         fitted["blur"] = label_safe("blur", lambda f: {"sigma": blur["sigma"] * f})
@@ -280,12 +294,13 @@ def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor, netwo
 
 
 def label_floor(config) -> float:
-    """The label consistency the stroke-width curve and the blur must keep on their own."""
+    """The label consistency the size and stroke-width curves and the blur must keep on their own."""
     return min(1.0, config.min_label_consistency + LABEL_MARGIN)
 
 
-def scaled_stroke(stroke: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
-    return {**stroke, "target": stroke["source"] + fraction * (stroke["target"] - stroke["source"])}
+def scaled_curve(curve: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """A fitted curve's buffers (size or stroke width) with `fraction` of its change."""
+    return {**curve, "target": curve["source"] + fraction * (curve["target"] - curve["source"])}
 
 
 def keep_labels(change: Callable[[float], Callable[[torch.Tensor], torch.Tensor]], network: task.TaskNetwork,
