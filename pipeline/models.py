@@ -331,21 +331,24 @@ class GlyphSize(_FittedCurve):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
-        cy, cx, size = (value.detach() for value in self._centred(x))
+        # In float32 whatever the refiner runs in: centres and sizes summed over a whole
+        # image in bfloat16 would be off by a large part of a pixel.
+        image = x.detach().float()
+        cy, cx, size = self._centred(image)
         zoom = (self.mapped(size) / size.clamp(min=1e-3)).clamp(1 / self.LIMIT, self.LIMIT)
         zoom = torch.where(size > 1e-3, zoom, torch.ones_like(zoom))
         keep = (zoom - 1).abs() <= 1e-3
         if bool(keep.all()):
             return x
         # Output pixel p shows the input at c + (p - c) / zoom, in grid_sample's [-1, 1] coordinates.
-        ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1)
-        xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w)
-        z = zoom.view(n, 1, 1).to(x.dtype)
+        ys = torch.arange(h, device=x.device, dtype=image.dtype).view(1, h, 1)
+        xs = torch.arange(w, device=x.device, dtype=image.dtype).view(1, 1, w)
+        z = zoom.view(n, 1, 1)
         source_y = (cy.view(n, 1, 1) + (ys - cy.view(n, 1, 1)) / z).expand(n, h, w)
         source_x = (cx.view(n, 1, 1) + (xs - cx.view(n, 1, 1)) / z).expand(n, h, w)
         grid = torch.stack([2 * source_x / max(w - 1, 1) - 1, 2 * source_y / max(h - 1, 1) - 1], dim=-1)
-        zoomed = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return torch.where(keep.view(n, 1, 1, 1), x, zoomed)
+        zoomed = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return torch.where(keep.view(n, 1, 1, 1), x, zoomed.to(x.dtype))
 
 
 def change_width(x: torch.Tensor, amount: torch.Tensor, bright_ink: bool = True) -> torch.Tensor:
