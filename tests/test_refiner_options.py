@@ -233,6 +233,17 @@ def test_the_size_curve_zooms_each_glyph_to_the_real_sizes_about_its_centre(real
     assert size.sizes(shrink(large)).median() < size.sizes(large).median() - 1
 
 
+def test_the_size_curve_in_bfloat16_moves_the_glyphs_as_in_float32():
+    # The stage refines in bfloat16 where that keeps every output within one 8-bit step;
+    # centres summed over the image in bfloat16 would shift every glyph.
+    synthetic = _rings(64, (4.0, 6.0), seed=0)
+    size = _fitted_module(GlyphSize(), fit_glyph_size(synthetic, _rings(64, (5.5, 8.0), seed=1)))
+    half = synthetic.bfloat16()
+    zoomed, expected = size(half), size(half.float())
+    assert zoomed.dtype == torch.bfloat16
+    assert (zoomed.float() - expected).abs().max() <= 1 / 255
+
+
 class _ReadsSize(torch.nn.Module):
     """A stand-in task network whose class is whether a glyph's ink spreads further than
     `limit` pixels from its centre."""
