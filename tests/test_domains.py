@@ -56,12 +56,13 @@ def test_each_variant_changes_appearance_as_named(digits):
     thick_grainy = made["thick-grainy"].astype(float)
     assert np.abs(thick_grainy[:, 0, 0] - thick_grainy[:, 0, 1]).mean() > 5 and ink(made["thick-grainy"]) > ink(broad)
     for pair, (first, second) in {"thick-faded": ("thick", "low-contrast"), "thin-grainy": ("thin", "grainy"),
-                                  "blurred-grainy": ("blurred", "grainy")}.items():
+                                  "blurred-grainy": ("blurred", "grainy"), "thick-blurred": ("thick", "blurred"),
+                                  "broad-noisy": ("broad", "noisy")}.items():
         assert np.array_equal(made[pair], apply_variant(second, made[first], seed=0)), pair
     # Content stays: every variant's ink (or paper, inverted) lies where the digit is.
     for name in ("thick", "thin", "low-contrast", "noisy", "grainy", "heavy", "blurred", "dim-ink", "speckled",
                  "gamma", "faded-grainy", "broad", "salt-pepper", "thick-grainy", "thin-blurred", "thick-faded",
-                 "thin-grainy", "blurred-grainy"):
+                 "thin-grainy", "blurred-grainy", "thick-blurred", "broad-noisy"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

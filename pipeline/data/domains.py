@@ -148,6 +148,8 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "thick-faded": _both(thick, low_contrast),
     "thin-grainy": _both(thin, grainy),
     "blurred-grainy": _both(blurred, grainy),
+    "thick-blurred": _both(thick, blurred),
+    "broad-noisy": _both(broad, noisy),
 }
 
 
