@@ -277,7 +277,8 @@ class StrokeWidth(_FittedCurve):
     def widths(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) stroke width in pixels: twice the ink area over its outline's length (a
         stroke of width w and length L has area wL and outline 2L). Blur spreads an
-        edge but keeps its total change, so it barely moves the figure."""
+        edge but keeps its total change, so it barely moves the figure of a lone
+        stroke; close strokes it merges, and those measure broader."""
         ink = self.ink_map(x)
         dx = F.pad(ink[..., :, 1:] - ink[..., :, :-1], (0, 1))
         dy = F.pad(ink[..., 1:, :] - ink[..., :-1, :], (0, 0, 0, 1))

@@ -422,6 +422,34 @@ def test_the_fitted_blur_reaches_the_refiner_and_is_scaled_back_to_keep_labels()
     assert task.consistency(network, synthetic, _blurred(synthetic, fitted["blur"]["sigma"].item())) >= 0.95
 
 
+def _pairs(n=300, width=2, gap=2, seed=0):
+    """Two binary vertical strokes `gap` pixels apart: a blur merges them, as it merges
+    the close strokes of a real 8 or a 4."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 1, 16, 16)
+    for image, column in zip(images, torch.randint(2, 8, (n,), generator=g)):
+        image[0, 3:13, column : column + width] = 1.0
+        image[0, 3:13, column + width + gap : column + 2 * width + gap] = 1.0
+    return images
+
+
+@pytest.mark.parametrize("gap", [1, 2, 3])
+def test_the_stroke_curve_foresees_the_blur_that_follows_it(gap):
+    synthetic = _pairs(gap=gap)
+    real = _blurred(_pairs(gap=gap, seed=1), 1.2)  # the simulator's own pen, out of focus
+    widths = StrokeWidth().widths
+    config = tiny_config(stroke_width=True, blur=True)
+    fitted, _ = fit_input_changes(config, synthetic, real)
+    state = build_state(config, (1, 16, 16), real, fitted=fitted)
+    with torch.no_grad():
+        stroked, adjusted = state.refiner.stroke(synthetic), state.refiner.parts(synthetic)[1]
+    assert abs(widths(stroked).median() - widths(synthetic).median()) < 0.1  # the pen stays the simulator's
+    assert abs(sharpness(adjusted) - sharpness(real)) < 0.05
+    # Fitted without the blur ahead, the same real images ask for a pen that merges the strokes.
+    alone = _fitted_module(StrokeWidth(), fit_stroke_width(synthetic, real))
+    assert widths(alone(synthetic)).median() > widths(synthetic).median() + 0.5
+
+
 def _grainy(images: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
     """Strokes on mid-grey paper (so that clipping does not hide the noise) with noise."""
     g = torch.Generator().manual_seed(seed)

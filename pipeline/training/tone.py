@@ -117,9 +117,20 @@ def fit_tone_table(synthetic: torch.Tensor, real: torch.Tensor) -> tuple[torch.T
     return _tone(_prepared(synthetic), _prepared(real))
 
 
-def fit_stroke_width(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The buffers of pipeline.models.StrokeWidth fitted to the real images."""
-    return _fit_curve(StrokeWidth(), synthetic, real)
+def fit_stroke_width(synthetic: torch.Tensor, real: torch.Tensor, blur: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The buffers of pipeline.models.StrokeWidth fitted to the real images. With the
+    `blur` (sigma per channel) that the refiner applies after the stroke width, the
+    curve aims at widths that measure as the real ones once blurred: a blur merges
+    close strokes, which then measure broader (MNIST's digits by about 0.7 px at sigma
+    1.2), so a curve fitted without it broadens a pen that is only out of focus."""
+    curve = _fit_curve(StrokeWidth(), synthetic, real)
+    if blur is None or not blur.any():
+        return curve
+    blurred = _fit_curve(StrokeWidth(), synthetic, _module("blur", {"sigma": blur}, synthetic.shape[1])(synthetic))
+    # The widening at each quantile, taken off the real widths; still increasing, so
+    # bold and light glyphs keep their order.
+    target = curve["target"] - (blurred["target"] - blurred["source"])
+    return {**curve, "target": torch.cummax(target.clamp(min=0), 0).values}
 
 
 def fit_glyph_size(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -263,7 +274,8 @@ def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor, netwo
     and, for each geometric change (stroke width, blur) scaled back to keep labels, the
     fraction of its fitted change kept. With a task `network`, those changes are kept
     label-safe on the `held_out` synthetic images (keep_labels). Each change is fitted
-    to the synthetic images as the changes before it leave them."""
+    to the synthetic images as the changes before it leave them; the stroke curve also
+    foresees the blur after it (fit_stroke_width)."""
     fitted: dict[str, dict[str, torch.Tensor]] = {}
     kept: dict[str, float] = {}
     sample = synthetic[:FIT_IMAGES].detach().float().cpu()
@@ -281,7 +293,9 @@ def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor, netwo
         size = fit_glyph_size(sample, real)
         fitted["size"] = label_safe("size", lambda f: scaled_curve(size, f))
     if config.stroke_width:
-        stroke = fit_stroke_width(_changed(fitted, sample), real)
+        # The blur the real edges ask for, as the stroke curve's fit must foresee it.
+        ahead = fit_blur(_changed(fitted, sample), real)["sigma"] if config.blur else None
+        stroke = fit_stroke_width(_changed(fitted, sample), real, ahead)
         fitted["stroke"] = label_safe("stroke", lambda f: scaled_curve(stroke, f))
     if config.blur:
         blur = fit_blur(_changed(fitted, sample), real)
