@@ -293,9 +293,10 @@ def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor, netwo
         size = fit_glyph_size(sample, real)
         fitted["size"] = label_safe("size", lambda f: scaled_curve(size, f))
     if config.stroke_width:
+        before = _changed(fitted, sample)
         # The blur the real edges ask for, as the stroke curve's fit must foresee it.
-        ahead = fit_blur(_changed(fitted, sample), real)["sigma"] if config.blur else None
-        stroke = fit_stroke_width(_changed(fitted, sample), real, ahead)
+        ahead = fit_blur(before, real)["sigma"] if config.blur else None
+        stroke = fit_stroke_width(before, real, ahead)
         fitted["stroke"] = label_safe("stroke", lambda f: scaled_curve(stroke, f))
     if config.blur:
         blur = fit_blur(_changed(fitted, sample), real)
