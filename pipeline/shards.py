@@ -7,6 +7,7 @@ defined in one place. Reading never raises on bad input: problems are yielded as
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -729,48 +730,76 @@ def label_kind(value) -> str | None:
 _KIND_NAMES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "object"}
 
 
-def check_label_kinds(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> dict[str, set[str]]:
+class ShardSurvey(NamedTuple):
+    """What one shard's headers and labels say, for the dataset-wide pass: every key a
+    member is stored under, and for each label name the first value of each kind, as
+    (order, key, type name) with order = (sample number, place in the label)."""
+
+    keys: set[str]
+    kinds: dict[str, dict[str, tuple[tuple[int, int], str, str]]]
+
+
+def survey_shard(path: str, limits: Limits = DEFAULT_LIMITS) -> ShardSurvey:
+    """One shard's part of `check_label_kinds`; shards are surveyed independently (in
+    any process), so the pass over a large dataset can be spread over many workers."""
+    keys: set[str] = set()
+    kinds: dict[str, dict[str, tuple[tuple[int, int], str, str]]] = {}
+    for number, member in enumerate(_member_headers(path, limits)):
+        if member.is_dir:
+            continue
+        key = member.key
+        keys.add(key)
+        if member.ext != LABEL_EXT or not member.is_file or member.size > min(limits.label_bytes, limits.member_bytes):
+            continue
+        data = member.read()
+        if data is None:
+            continue
+        try:
+            labels = decode_labels(data, limits.label_bytes)
+        except SampleError:
+            continue
+        for place, (name, value) in enumerate(labels.items()):
+            kind = label_kind(value)
+            if kind is not None:
+                kinds.setdefault(name, {}).setdefault(kind, ((number, place), key, _KIND_NAMES.get(type(value), kind)))
+    return ShardSurvey(keys, kinds)
+
+
+def check_label_kinds(paths: list[str], limits: Limits = DEFAULT_LIMITS, map_shards: Callable = map) -> dict[str, set[str]]:
     """Raise BadDataset when one label name holds values of different kinds (say an
     integer in one shard and a string in another): their manifests could not be merged
     into one column, so this is refused before anything is written. Integers and floats
     are one kind (a float column); labels that do not decode are left to the per-sample
-    report.
+    report. The clash named is the first in shard and sample order, whoever surveys.
 
     Returns, by shard path, every key a member of the shard is stored under, from the
     same pass over its headers (only label members are read; image data is seeked
     over), so a job that needs both reads every tar once. It holds the key of every
     sample `iter_shard` yields (and of some it reports as problems): enough to tell
-    which shards share keys without reading member data."""
-    first: dict[str, tuple[str, str, str, object]] = {}  # name -> (kind, shard, key, value)
+    which shards share keys without reading member data.
+
+    `map_shards(function, paths)` runs `survey_shard` over the shards and yields the
+    surveys in the order of `paths`: the built-in map here, Ray tasks in refine-dataset."""
+    first: dict[str, tuple[str, str, str, str]] = {}  # name -> (kind, shard, key, type name)
     found: dict[str, set[str]] = {}
-    for path in paths:
+    for path, survey in zip(paths, map_shards(functools.partial(survey_shard, limits=limits), paths)):
         shard = os.path.basename(path)
-        keys = found[path] = set()
-        for member in _member_headers(path, limits):
-            if member.is_dir:
-                continue
-            key = member.key
-            keys.add(key)
-            if member.ext != LABEL_EXT or not member.is_file or member.size > min(limits.label_bytes, limits.member_bytes):
-                continue
-            data = member.read()
-            if data is None:
-                continue
-            try:
-                labels = decode_labels(data, limits.label_bytes)
-            except SampleError:
-                continue
-            for name, value in labels.items():
-                kind = label_kind(value)
-                if kind is None:
-                    continue
-                seen = first.setdefault(name, (kind, shard, key, value))
-                if seen[0] != kind:
-                    raise BadDataset(
-                        f"label {name!r} is {_KIND_NAMES.get(type(seen[3]), seen[0])} in {seen[1]} (key {seen[2]!r}) "
-                        f"but {_KIND_NAMES.get(type(value), kind)} in {shard} (key {key!r}); a label needs one type "
-                        "across the dataset (fix those labels, or refine those shards as a dataset of their own)"
-                    )
+        found[path] = survey.keys
+        clashes = []
+        for name, by_kind in survey.kinds.items():
+            if name not in first:
+                kind, (_, key, type_name) = min(by_kind.items(), key=lambda item: item[1][0])
+                first[name] = (kind, shard, key, type_name)
+            clashes += [(order, name, key, type_name) for kind, (order, key, type_name) in by_kind.items()
+                        if kind != first[name][0]]
+        if clashes:
+            _, name, key, type_name = min(clashes)
+            seen = first[name]
+            raise BadDataset(
+                f"label {name!r} is {seen[3]} in {seen[1]} (key {seen[2]!r}) but {type_name} in {shard} "
+                f"(key {key!r}); a label needs one type across the dataset (fix those labels, or refine "
+                "those shards as a dataset of their own)"
+            )
     return found
 
 

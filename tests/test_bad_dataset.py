@@ -88,3 +88,52 @@ def test_a_shard_named_like_the_dataset_manifest(tmp_path, refiner):
     refused, checked = _refused(tmp_path / "in", tmp_path / "out", refiner)
     assert "shard manifest.tar would have its manifest written as manifest.parquet" in refused
     assert "manifest.tar" in checked
+
+
+def _clashing_dataset(folder):
+    """Six shards; the first clash in shard and sample order is b3's string, with an
+    earlier-numbered clash of another label later in the dataset (e1) and a second
+    clash in b after b3 (b4)."""
+    _shard(folder, "a.tar", {"a1": {"v": 1, "w": "x"}, "a2": {"v": 2.5, "w": "y"}})
+    _shard(folder, "b.tar", {"b1": {"v": 3}, "b2": {"w": "z"}, "b3": {"w": "q", "v": "three"}, "b4": {"v": True}})
+    _shard(folder, "c.tar", {"c1": {"v": 4}})
+    _shard(folder, "d.tar", {"a1": {"v": 5}})  # a key also in a.tar
+    _shard(folder, "e.tar", {"e1": {"w": 7}})
+    _shard(folder, "f.tar", {"f1": {"v": 6}})
+    return shards.list_shards(str(folder))
+
+
+def test_the_label_pass_in_ray_tasks_finds_what_the_pass_in_one_process_finds(tmp_path, ray_local):
+    from pipeline.refine.job import _map_on_ray
+
+    in_ray = _map_on_ray(lambda: None, {})
+    paths = _clashing_dataset(tmp_path / "clash")
+    with pytest.raises(shards.BadDataset) as here:
+        shards.check_label_kinds(paths)
+    with pytest.raises(shards.BadDataset) as there:
+        shards.check_label_kinds(paths, map_shards=in_ray)
+    assert "label 'v' is integer in a.tar (key 'a1') but string in b.tar (key 'b3')" in str(here.value)
+    assert str(there.value) == str(here.value)
+
+    for path in paths:  # the same shards without the clashes
+        if os.path.basename(path) in ("b.tar", "e.tar"):
+            os.remove(path)
+    paths = shards.list_shards(str(tmp_path / "clash"))
+    keys = shards.check_label_kinds(paths, map_shards=in_ray)
+    assert keys == shards.check_label_kinds(paths)
+    assert list(keys) == paths and keys[paths[2]] == {"a1"}
+
+
+def test_refine_dataset_refuses_a_clash_found_by_ray_tasks(tmp_path, refiner, ray_local, monkeypatch):
+    from pipeline.refine import job
+
+    monkeypatch.setattr(job, "RAY_PASS_BYTES", 0)  # the pass a large data set gets
+    _clashing_dataset(tmp_path / "in")
+    with pytest.raises(shards.BadDataset, match=r"string in b.tar \(key 'b3'\)"):
+        job.refine_dataset(str(tmp_path / "in"), str(tmp_path / "out"), refiner)
+    assert not os.path.exists(tmp_path / "out")
+    for name in ("b.tar", "e.tar"):
+        os.remove(tmp_path / "in" / name)
+    summary = job.refine_dataset(str(tmp_path / "in"), str(tmp_path / "out"), refiner)
+    assert summary["ok"] == 4 and summary["header_pass_time_s"] > 0  # a1 in d.tar is a duplicate of a.tar's
+    assert summary["by_status"] == {"ok": 4, "duplicate_key": 1}

@@ -4,6 +4,8 @@ as the writer used to decide them (the first ok sample in shard-name order keeps
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -204,3 +206,29 @@ def test_resume_keeps_duplicate_decisions(runs, monkeypatch):
     summary = _run(monkeypatch, folder, resumed, refiner, 2, lambda paths: [paths], job.FUSED)
     assert summary["shards_refined"] == 1
     assert run_outputs(resumed) == run_outputs(root / "one")
+
+
+# A Ray that declares one GPU (Ray takes the count on trust), the GPU plan made for it,
+# and its refiner actor refining on the CPU: the plan's Ray Data wiring, checked where
+# there is no GPU.
+_GPU_PLAN_RUN = """
+import sys
+import ray
+from pipeline.refine import job
+
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+plan = job.plan_resources(ray.cluster_resources(), None)
+assert plan["num_gpus"] == 1 and plan["device"] == "cuda", plan
+job.plan_resources = lambda cluster, device, stages=None: {**plan, "device": "cpu"}
+summary = job.refine_dataset(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=2)
+print("ok", summary["ok"])
+"""
+
+
+def test_the_gpu_plan_runs_through_ray_data_and_writes_the_same_bytes(runs):
+    root, folder, refiner, one, _, _ = runs
+    done = subprocess.run([sys.executable, "-c", _GPU_PLAN_RUN, folder, str(root / "gpu-plan"), refiner],
+                          capture_output=True, text=True, timeout=300, cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"ok {one['ok']}" in done.stdout
+    assert run_outputs(root / "gpu-plan") == run_outputs(root / "one")

@@ -53,16 +53,18 @@ def check_shard_names(paths: list[str], folder: str) -> None:
             )
 
 
-def check_dataset(folder: str, role: str = "", limits: shards.Limits = shards.DEFAULT_LIMITS) -> dict[str, set[str]]:
+def check_dataset(folder: str, role: str = "", limits: shards.Limits = shards.DEFAULT_LIMITS,
+                  map_shards: Callable = map) -> dict[str, set[str]]:
     """The shards of `folder` (in name order), each with the keys its tar headers name,
     once every dataset-wide condition holds; otherwise raises
     UserError (no folder, no shards) or BadDataset (an entry that is not a regular file,
     a shard name that clashes with the dataset's files, a label with different types in
     different samples). refine-dataset and validate-shards both start here, so they
-    refuse the same folders."""
+    refuse the same folders. `map_shards` runs the per-shard pass (see
+    `shards.check_label_kinds`)."""
     paths = shards.require_shards(folder, role)
     check_shard_names(paths, f"{role} folder {folder}".strip() if role else folder)
-    return shards.check_label_kinds(paths, limits)
+    return shards.check_label_kinds(paths, limits, map_shards)
 
 
 def _counted(items: Iterable[RawSample | Problem], report: FolderReport, shard: str, first_shard: dict[str, str],

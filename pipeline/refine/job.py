@@ -14,10 +14,13 @@ output shard per input shard, same name, makes reruns idempotent and manifests d
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import time
 import warnings
+from typing import Callable
 
 import numpy as np
 
@@ -43,6 +46,11 @@ LIGHT_TASK_CPUS = 0.5
 # so every CPU still gets a read task): one Ray task and one block per tiny shard cost
 # more than reading it (2,000 one-image shards took 6.9x as long as 16 shards).
 READ_GROUP_BYTES = 16 * 1024 * 1024
+# The header and label pass before refining runs in this process for inputs under this
+# size, in Ray tasks above it: it costs about 0.1 ms an image (eye images: 3.6 KB of tar
+# each, so about 7 s at this size on one core), and Ray tasks cost their workers' start
+# (about 5 s on two cores), which would double the pass on a small data set.
+RAY_PASS_BYTES = 256 * 1024 * 1024
 # Bad samples listed in the closing summary; all of them are in the manifest.
 SHOWN_PROBLEMS = 10
 # Fault tolerance, set here rather than left to Ray Data's unbounded defaults: a refiner
@@ -204,46 +212,56 @@ def refine_dataset(
             "or pass --force to refine with it anyway"
         )
     limits = limits or shards.DEFAULT_LIMITS
-    # The keys each shard's tar headers name come from the same pass, for the duplicate plan.
-    member_keys = check_dataset(in_dir, "--in", limits)
-    paths = list(member_keys)
-    if storage.same_location(in_dir, out_dir):
-        raise UserError("--out must be a different folder from --in (inputs are never overwritten)")
-    expected = info.geometry
-    found = probe_geometry(paths, limits=limits)
-    if found is not None:
-        check_fits(info, found)
+    # Ray starts when first needed (and stops at the end of this block): for the header
+    # pass on large inputs, else for refining. A refusal of a small data set needs none.
+    with contextlib.ExitStack() as stack:
+        def start_ray() -> None:
+            stack.enter_context(ray_session(address))  # a no-op once Ray is up
 
-    names = [os.path.basename(p) for p in paths]
-    storage.make_folder(out_dir)
-    if overwrite:
-        _clear_outputs(out_dir, names)
-    redone: dict[str, str] = {}
-    for path, name in zip(paths, names):
-        if manifest.is_committed(out_dir, name):
-            reason = _redo_reason(path, out_dir, name, info.content_hash)
-            if reason:
-                redone[name] = reason
-    committed = [name for name in names if manifest.is_committed(out_dir, name) and name not in redone]
-    # Stale outputs go before any new work, so a second interruption cannot leave a
-    # marker that vouches for them.
-    _clear_outputs(out_dir, sorted(redone))
-    todo = [p for p in paths if os.path.basename(p) not in set(committed)]
-    progress = Progress(len(paths), len(committed))
-    for name, reason in redone.items():
-        log.info(f"refine: redoing {name}: {reason}")
-    if todo:
-        writing = {"out_dir": out_dir, "refiner_hash": info.content_hash}
-        # Decided before any refinement, so each shard's writer knows its duplicates.
-        duplicates = plan_duplicates(
-            todo,
-            [member_keys[p] for p in todo],
-            _committed_keys(out_dir, committed),
-            lambda path, keys: ok_keys(path, keys, expected, limits),
-        )
-        settings = {"refiner_path": refiner_path, "geometry": expected, "batch_size": batch_size, "device": device,
-                    "stages": stages, "limits": limits}
-        _run_pipeline(todo, writing, duplicates, progress.update, settings, address)
+        # The keys each shard's tar headers name come from the same pass, for the duplicate plan.
+        surveyed = time.perf_counter()
+        member_keys = check_dataset(in_dir, "--in", limits,
+                                    _map_on_ray(start_ray, storage.task_options(in_dir), RAY_PASS_BYTES))
+        header_pass_s = time.perf_counter() - surveyed
+        paths = list(member_keys)
+        if storage.same_location(in_dir, out_dir):
+            raise UserError("--out must be a different folder from --in (inputs are never overwritten)")
+        expected = info.geometry
+        found = probe_geometry(paths, limits=limits)
+        if found is not None:
+            check_fits(info, found)
+
+        names = [os.path.basename(p) for p in paths]
+        storage.make_folder(out_dir)
+        if overwrite:
+            _clear_outputs(out_dir, names)
+        redone: dict[str, str] = {}
+        for path, name in zip(paths, names):
+            if manifest.is_committed(out_dir, name):
+                reason = _redo_reason(path, out_dir, name, info.content_hash)
+                if reason:
+                    redone[name] = reason
+        committed = [name for name in names if manifest.is_committed(out_dir, name) and name not in redone]
+        # Stale outputs go before any new work, so a second interruption cannot leave a
+        # marker that vouches for them.
+        _clear_outputs(out_dir, sorted(redone))
+        todo = [p for p in paths if os.path.basename(p) not in set(committed)]
+        progress = Progress(len(paths), len(committed))
+        for name, reason in redone.items():
+            log.info(f"refine: redoing {name}: {reason}")
+        if todo:
+            writing = {"out_dir": out_dir, "refiner_hash": info.content_hash}
+            # Decided before any refinement, so each shard's writer knows its duplicates.
+            duplicates = plan_duplicates(
+                todo,
+                [member_keys[p] for p in todo],
+                _committed_keys(out_dir, committed),
+                lambda path, keys: ok_keys(path, keys, expected, limits),
+            )
+            settings = {"refiner_path": refiner_path, "geometry": expected, "batch_size": batch_size, "device": device,
+                        "stages": stages, "limits": limits}
+            start_ray()
+            _stream(todo, writing, duplicates, progress.update, **settings)
 
     wall = time.perf_counter() - start
     summary = manifest.write_dataset_manifest(
@@ -258,6 +276,7 @@ def refine_dataset(
             "shards_skipped": len(committed),
             "shards_redone": dict(sorted(redone.items())),
             "images_refined": progress.ok,
+            "header_pass_time_s": round(header_pass_s, 3),
             "wall_time_s": round(wall, 3),
             "images_per_s": round(progress.ok / wall, 2) if wall > 0 else 0.0,
         },
@@ -266,18 +285,51 @@ def refine_dataset(
     return summary
 
 
-def _run_pipeline(todo, writing, duplicates, on_commit, settings: dict, address) -> None:
-    # The session (and Ray itself) only starts here, so the stage and the diff work without Ray.
-    with ray_session(address):
-        _stream(todo, writing, duplicates, on_commit, **settings)
+def _apply(function, items: list) -> list:
+    return [function(item) for item in items]
+
+
+def _map_on_ray(start_ray: Callable[[], None], options: dict, least_bytes: int = 0):
+    """A `map_shards` for `shards.check_label_kinds`: the function runs in Ray tasks over
+    groups of consecutive shards, all submitted at once; results come back in order.
+    Inputs under `least_bytes` in all are mapped in this process instead, without Ray."""
+
+    def map_shards(function, paths: list[str]):
+        if sum(file_size(p) for p in paths) < least_bytes:
+            yield from map(function, paths)
+            return
+        import ray
+
+        start_ray()
+        task = ray.remote(_apply).options(num_cpus=LIGHT_TASK_CPUS, max_retries=TASK_RETRIES, **options)
+        refs = [task.remote(function, group) for group in _groups(paths)]
+        try:
+            for ref in refs:
+                yield from ray.get(ref)
+        finally:
+            for ref in refs:  # a refusal ends the pass early; nothing is left running
+                ray.cancel(ref)
+
+    return map_shards
+
+
+def _groups(paths: list[str]) -> list[list[str]]:
+    """Shard groups for one Ray task each: about READ_GROUP_BYTES of tar, or fewer so that
+    every CPU of the cluster gets about four groups."""
+    import ray
+
+    total = sum(file_size(p) for p in paths)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return group_shards(paths, min(READ_GROUP_BYTES, max(1, total // (4 * cpus))))
 
 
 def _stream(todo, writing, duplicates, on_commit, refiner_path, geometry, batch_size, device, stages, limits) -> None:
     import ray  # imported here so the stage and the diff work without Ray installed
 
-    # Ray 2.60 warns that retry options passed to map_batches are deprecated (removal is
-    # announced for 2.64, with no named parameter for them yet); setup.py pins 2.60.
-    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+    # Ray 2.60 warns that retry and resource options passed to map_batches through
+    # `ray_remote_args(_fn)` are deprecated (removal is announced for 2.64, with no named
+    # parameter for them yet); setup.py pins 2.60.
+    warnings.filterwarnings("ignore", message="`ray_remote_args(_fn)?` is deprecated", category=DeprecationWarning)
 
     context = ray.data.DataContext.get_current()
     saved = context.target_max_block_size, context.wait_for_min_actors_s
@@ -290,14 +342,18 @@ def _stream(todo, writing, duplicates, on_commit, refiner_path, geometry, batch_
         plan = plan_resources(ray.cluster_resources(), device, stages)
         # Every stage may touch storage: reading shards, loading the refiner, writing.
         options = storage.task_options(*todo, writing["out_dir"], refiner_path)
-        total = sum(file_size(p) for p in todo)
-        target = min(READ_GROUP_BYTES, max(1, total // (4 * max(1, int(ray.cluster_resources().get("CPU", 1))))))
-        groups = group_shards(todo, target)
+        groups = _groups(todo)
         ds = ray.data.from_items([{"paths": json.dumps(g)} for g in groups], override_num_blocks=len(groups))
         refining = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_TASK_RETRIES, **options,
                     # No more actors than groups: an idle one would only cost its start (and a warning).
                     "compute": ray.data.ActorPoolStrategy(size=min(plan["actors"], len(groups))), "batch_format": "numpy",
-                    "num_cpus": plan["num_cpus"], "num_gpus": plan["num_gpus"]}
+                    "num_cpus": plan["num_cpus"]}
+        if plan["num_gpus"]:
+            # Ray Data refuses `num_gpus` with `batch_size=None` (it wants a batch size
+            # chosen for the GPU), and any batch size would cut shards across blocks: the
+            # stage takes whole blocks and makes its own GPU batches. The same request,
+            # made through the actors' options, is counted the same by Ray Data.
+            refining["ray_remote_args_fn"] = functools.partial(dict, num_gpus=plan["num_gpus"])
         if plan["stages"] == FUSED:
             ds = ds.map_batches(
                 ShardWorker,
