@@ -347,7 +347,10 @@ def write_shard(path: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> i
     """
     count = 0
     with storage.writing(path) as stream:
-        with wds.TarWriter(stream, mtime=FIXED_MTIME, user="simgan", group="simgan", mode=0o444) as writer:
+        # encoder=False: members arrive as bytes; webdataset's encoder would only look
+        # each one up to pass it through (0.17 -> 0.09 ms a two-member sample, same bytes).
+        with wds.TarWriter(stream, mtime=FIXED_MTIME, user="simgan", group="simgan", mode=0o444,
+                           encoder=False) as writer:
             for key, members in samples:
                 check_key(key)
                 writer.write({"__key__": key, **members})

@@ -151,7 +151,7 @@ def _run(monkeypatch, folder, out, refiner, actors, grouping, stages=job.SPLIT):
     a real plan."""
     plan = {"stages": stages, "device": "cpu", "actors": actors, "num_gpus": 0, "num_cpus": 0.4, "threads": 1}
     monkeypatch.setattr(job, "plan_resources", lambda cluster, device, stages: plan)
-    monkeypatch.setattr(job, "group_shards", lambda paths, target: grouping(paths))
+    monkeypatch.setattr(job, "group_shards", lambda paths, target, size_of=None: grouping(paths))
     return refine_dataset(folder, str(out), refiner, batch_size=2)
 
 

@@ -295,14 +295,15 @@ def _map_on_ray(start_ray: Callable[[], None], options: dict, least_bytes: int =
     Inputs under `least_bytes` in all are mapped in this process instead, without Ray."""
 
     def map_shards(function, paths: list[str]):
-        if sum(file_size(p) for p in paths) < least_bytes:
+        sizes = _sizes(paths)
+        if sum(sizes.values()) < least_bytes:
             yield from map(function, paths)
             return
         import ray
 
         start_ray()
         task = ray.remote(_apply).options(num_cpus=LIGHT_TASK_CPUS, max_retries=TASK_RETRIES, **options)
-        refs = [task.remote(function, group) for group in _groups(paths)]
+        refs = [task.remote(function, group) for group in _groups(paths, sizes)]
         try:
             for ref in refs:
                 yield from ray.get(ref)
@@ -313,14 +314,19 @@ def _map_on_ray(start_ray: Callable[[], None], options: dict, least_bytes: int =
     return map_shards
 
 
-def _groups(paths: list[str]) -> list[list[str]]:
+def _sizes(paths: list[str]) -> dict[str, int]:
+    # Asked once per pass: on S3 each size is a request.
+    return {path: file_size(path) for path in paths}
+
+
+def _groups(paths: list[str], sizes: dict[str, int] | None = None) -> list[list[str]]:
     """Shard groups for one Ray task each: about READ_GROUP_BYTES of tar, or fewer so that
     every CPU of the cluster gets about four groups."""
     import ray
 
-    total = sum(file_size(p) for p in paths)
+    sizes = sizes or _sizes(paths)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return group_shards(paths, min(READ_GROUP_BYTES, max(1, total // (4 * cpus))))
+    return group_shards(paths, min(READ_GROUP_BYTES, max(1, sum(sizes.values()) // (4 * cpus))), sizes.__getitem__)
 
 
 def _stream(todo, writing, duplicates, on_commit, refiner_path, geometry, batch_size, device, stages, limits) -> None:

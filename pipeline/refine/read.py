@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -114,14 +114,15 @@ def file_size(path: str) -> int:
         return 0
 
 
-def group_shards(paths: list[str], target_bytes: int) -> list[list[str]]:
+def group_shards(paths: list[str], target_bytes: int, size_of: Callable[[str], int] | None = None) -> list[list[str]]:
     """Consecutive shards in groups of about `target_bytes` of tar (a shard larger than
     that is a group of its own); order is kept, so output never depends on grouping
-    beyond which task reads what."""
+    beyond which task reads what. `size_of` gives a shard's size (default: `file_size`)."""
+    size_of = size_of or file_size
     groups: list[list[str]] = []
     size = 0
     for path in paths:
-        bytes_ = file_size(path)
+        bytes_ = size_of(path)
         if not groups or size + bytes_ > target_bytes:
             groups.append([])
             size = 0
