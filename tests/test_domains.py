@@ -59,10 +59,17 @@ def test_each_variant_changes_appearance_as_named(digits):
                                   "blurred-grainy": ("blurred", "grainy"), "thick-blurred": ("thick", "blurred"),
                                   "broad-noisy": ("broad", "noisy")}.items():
         assert np.array_equal(made[pair], apply_variant(second, made[first], seed=0)), pair
+    lit = made["uneven-light"].astype(float)
+    paper = lit[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # the four corners, black in MNIST
+    assert (lit >= digits).all() and (paper.max(axis=1) - paper.min(axis=1)).mean() > 40
+    blocky = made["pixelated"]
+    assert np.array_equal(blocky[:, ::2, ::2], blocky[:, 1::2, 1::2]) and not np.array_equal(blocky, digits)
+    assert abs(blocky.astype(float).mean() - digits.mean()) < 1
     # Content stays: every variant's ink (or paper, inverted) lies where the digit is.
     for name in ("thick", "thin", "low-contrast", "noisy", "grainy", "heavy", "blurred", "dim-ink", "speckled",
                  "gamma", "faded-grainy", "broad", "salt-pepper", "thick-grainy", "thin-blurred", "thick-faded",
-                 "thin-grainy", "blurred-grainy", "thick-blurred", "broad-noisy"):
+                 "thin-grainy", "blurred-grainy", "thick-blurred", "broad-noisy", "uneven-light",
+                 "pixelated"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

@@ -3,8 +3,9 @@
 A user's real images differ from the simulator's in ways nobody lists in advance:
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
 and grey paper), dust and dead pixels, dark-on-light paper, blur, weak ink, another
-tone response, or two of these at once. Each variant here is one such change (or two) applied to real MNIST
-digits, so robustness can be measured on real handwriting in several appearances
+tone response, uneven lighting, a low-resolution sensor, or two of these at once.
+Each variant here is one such change (or two) applied to real MNIST digits, so
+robustness can be measured on real handwriting in several appearances
 (`simgan import-real mnist --variant NAME`).
 Variants change appearance only: the class of every digit stays what it was.
 
@@ -110,6 +111,24 @@ def salt_pepper(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def uneven_light(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A photo of paper under a lamp: paper brightening from 0 to about 70 across each image,
+    in a direction drawn per image, the ink on top of it."""
+    n, h, w = images.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    angle = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
+    ramp = np.cos(angle) * (xx / (w - 1) - 0.5) + np.sin(angle) * (yy / (h - 1) - 0.5)
+    ramp = (ramp - ramp.min(axis=(1, 2), keepdims=True)) / np.ptp(ramp, axis=(1, 2), keepdims=True)
+    return _as_uint8(np.maximum(images.astype(np.float32), 70 * ramp))
+
+
+def pixelated(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A low-resolution sensor shown at full size: 2x2 blocks averaged, each drawn as one value."""
+    n, h, w = images.shape
+    blocks = images.astype(np.float32).reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    return _as_uint8(blocks.repeat(2, axis=1).repeat(2, axis=2))
+
+
 def _both(first, second):
     """Two changes at once, `first` applied first: real domains rarely differ in one way only."""
     def both(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -150,6 +169,8 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "blurred-grainy": _both(blurred, grainy),
     "thick-blurred": _both(thick, blurred),
     "broad-noisy": _both(broad, noisy),
+    "uneven-light": uneven_light,
+    "pixelated": pixelated,
 }
 
 
