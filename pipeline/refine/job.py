@@ -304,12 +304,11 @@ def _map_on_ray(start_ray: Callable[[], None], options: dict, least_bytes: int =
         start_ray()
         task = ray.remote(_apply).options(num_cpus=LIGHT_TASK_CPUS, max_retries=TASK_RETRIES, **options)
         refs = [task.remote(function, group) for group in _groups(paths, sizes)]
-        try:
-            for ref in refs:
-                yield from ray.get(ref)
-        finally:
-            for ref in refs:  # a refusal ends the pass early; nothing is left running
-                ray.cancel(ref)
+        # A refusal ends the pass early and leaves the other tasks to finish unread: they
+        # are not cancelled, since Ray 2.60 can abort the driver ("Tried to complete task
+        # that was not pending") when a cancel meets a task that is just finishing.
+        for ref in refs:
+            yield from ray.get(ref)
 
     return map_shards
 
