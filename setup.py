@@ -1,7 +1,7 @@
 from setuptools import find_packages, setup
 
-# Versions are the ones the test suite ran against. torch is pinned exactly: a looser
-# requirement lets pip pick a multi-GB CUDA build on machines without a GPU.
+# Versions are the ones the test suite ran against; torch exactly, since its builds
+# differ by version (from PyPI on Linux it is the CUDA build: see README, Quick start).
 INSTALL_REQUIRES = [
     "torch==2.13.0",
     "ray[default,data,train]==2.60.0",
