@@ -45,6 +45,9 @@ class RefinerSpec:
     # Fixed sensor grain (Grain) added after the tone curve, its strength fitted by
     # training to the real images' noise; none when they are as clean as the synthetic.
     grain: bool = False
+    # Fixed uneven lighting of the paper (Shading) after the tone curve, drawn per image
+    # from fields fitted to the real images' paper; none when their paper is evenly lit.
+    shading: bool = False
     # A fixed optical blur (Blur) after the stroke width, its width fitted by training to
     # the real images' edges; none when they are as sharp as the synthetic.
     blur: bool = False
@@ -58,7 +61,8 @@ class RefinerSpec:
         # file made before they existed stays the same.
         data = asdict(self)
         for name, default in (("output", "logit"), ("deform_pixels", 0.0), ("tone_map", False), ("noise", False),
-                              ("stroke", False), ("grain", False), ("blur", False), ("size", False)):
+                              ("stroke", False), ("grain", False), ("blur", False), ("size", False),
+                              ("shading", False)):
             if data[name] == default:
                 del data[name]
         return data
@@ -97,17 +101,22 @@ def _mix(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def image_noise(x: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) standard normal noise that depends only on each image's 8-bit levels.
-
-    Not drawn from a generator: refining the same image again, on any device, in any
-    batch, must give the same bytes (resume and byte-identical outputs rely on it).
-    """
-    n, _, h, w = x.shape
+def image_seed(x: torch.Tensor) -> torch.Tensor:
+    """(N,) int64 in [0, 2**31): a hash of each image's 8-bit levels, the seed of what is
+    drawn per image. Not drawn from a generator: refining the same image again, on any
+    device, in any batch, must give the same bytes (resume and byte-identical outputs
+    rely on it)."""
     levels = (x.detach().float().clamp(0, 1) * 255).round().to(torch.int64).flatten(1)
     position = torch.arange(levels.shape[1], device=x.device, dtype=torch.int64)
     # +1 and the odd constants below: _mix(0) is 0, which would leave a pixel unweighted.
-    seed = ((levels * _mix(position + 1)) & _MASK).sum(1) & _MASK  # one number per image
+    return ((levels * _mix(position + 1)) & _MASK).sum(1) & _MASK
+
+
+def image_noise(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) standard normal noise that depends only on each image's 8-bit levels
+    (image_seed)."""
+    n, _, h, w = x.shape
+    seed = image_seed(x)
     pixel = torch.arange(h * w, device=x.device, dtype=torch.int64)
     first = _mix((_mix(seed + 0x3C6EF372)[:, None] + pixel[None, :]) & _MASK)
     second = _mix((first + 0x5BD1E995) & _MASK)
@@ -177,6 +186,53 @@ class Blur(_FittedStrength):
         x = F.conv2d(F.pad(x, (reach, reach, 0, 0), mode="replicate"), taps.view(channels, 1, 1, -1), groups=channels)
         x = F.conv2d(F.pad(x, (0, 0, reach, reach), mode="replicate"), taps.view(channels, 1, -1, 1), groups=channels)
         return x.clamp(0, 1)
+
+
+class Shading(nn.Module):
+    """Fixed uneven lighting of the paper: each image gets one of `fields`, smooth fields
+    over the image (quadratic in its coordinates, BASIS), picked by a hash of the image
+    (image_seed), added where the image is paper and faded out towards its ink.
+
+    A photo of paper under a lamp brightens it from one side to the other, in another
+    direction in every photo; no tone curve does that, and a fully convolutional refiner
+    bound by L1 cannot place a ramp by position, so on such real images every refiner
+    was refused. Training fits a field to the paper of each of BANK real images and to
+    the synthetic images' paper as the shading gets them (pipeline.training.tone), and
+    keeps the differences: a synthetic image's paper then becomes the lighting of one
+    real photo. All zero (off) when the real paper is as even as the synthetic. `tones`
+    (per channel: paper, ink) tell paper from ink; all are buffers, saved with the weights.
+    """
+
+    BANK = 256
+    BASIS = 6  # 1, u, v, u^2, uv, v^2 with u, v in [-1, 1] across the image
+    RAMP = (0.25, 0.75)  # of the paper-to-ink scale: the field fades out over it
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("fields", torch.zeros(self.BANK, channels, self.BASIS))
+        self.register_buffer("tones", torch.tensor([[0.0, 1.0]]).repeat(channels, 1))
+
+    @classmethod
+    def basis(cls, h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        """(BASIS, H, W): the functions a field is made of."""
+        v, u = torch.meshgrid(torch.linspace(-1, 1, h, device=device, dtype=dtype),
+                              torch.linspace(-1, 1, w, device=device, dtype=dtype), indexing="ij")
+        return torch.stack([torch.ones_like(u), u, v, u * u, u * v, v * v])
+
+    def paper_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W): 1 on paper, 0 on ink, a ramp between."""
+        paper, ink = (t.to(x.dtype).view(1, -1, 1, 1) for t in self.tones.unbind(1))
+        scale = (x - paper) / (ink - paper)
+        start, end = self.RAMP
+        return 1 - ((scale - start) / (end - start)).clamp(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.fields.any()):
+            return x
+        pick = _mix((image_seed(x) + 0x1B873593) & _MASK) % self.BANK
+        basis = self.basis(x.shape[2], x.shape[3], x.device, x.dtype)
+        field = torch.einsum("nck,khw->nchw", self.fields[pick].to(x.dtype), basis)
+        return (x + self.paper_weight(x) * field).clamp(0, 1)
 
 
 class ToneMap(nn.Module):
@@ -427,7 +483,8 @@ class Refiner(nn.Module):
     (ToneMap) before that, with spec.blur a fixed optical blur (Blur) before the tone
     curve, with spec.stroke a fixed stroke-width change (StrokeWidth) before that, and
     with spec.size a fixed per-image zoom (GlyphSize) before everything; with
-    spec.grain fixed sensor grain (Grain) after the tone curve.
+    spec.shading fixed uneven lighting (Shading) after the tone curve, and with
+    spec.grain fixed sensor grain (Grain) after that.
     """
 
     EPS = 1e-3
@@ -441,6 +498,7 @@ class Refiner(nn.Module):
         self.size = GlyphSize() if spec.size else None
         self.stroke = StrokeWidth() if spec.stroke else None
         self.tone = ToneMap(spec.channels) if spec.tone_map else None
+        self.shading = Shading(spec.channels) if spec.shading else None
         self.grain = Grain(spec.channels) if spec.grain else None
         self.blur = Blur(spec.channels) if spec.blur else None
         self.deformation = Deformation(spec.channels, spec.deform_pixels) if spec.deform_pixels > 0 else None
@@ -466,7 +524,7 @@ class Refiner(nn.Module):
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(refined, input as the appearance refiner gets it (size, stroke width, blur,
-        tone, grain and deformation applied), displacement field or None): what training's
+        tone, shading, grain and deformation applied), displacement field or None): what training's
         losses need."""
         if self.size is not None:
             x = self.size(x)
@@ -476,6 +534,8 @@ class Refiner(nn.Module):
             x = self.blur(x)
         if self.tone is not None:
             x = self.tone(x)
+        if self.shading is not None:
+            x = self.shading(x)
         if self.grain is not None:
             x = self.grain(x)
         if self.deformation is None:
@@ -677,12 +737,13 @@ class Discriminator(nn.Module):
 
 def refiner_preset(name: str, channels: int = 1, output: str = "logit", deform_pixels: float = 0.0,
                    tone_map: bool = False, noise: bool = False, stroke: bool = False, grain: bool = False,
-                   blur: bool = False, size: bool = False) -> RefinerSpec:
+                   blur: bool = False, size: bool = False, shading: bool = False) -> RefinerSpec:
     if name not in REFINER_PRESETS:
         raise ValueError(f"unknown refiner preset {name!r}; choose from {sorted(REFINER_PRESETS)}")
     return RefinerSpec(**{**REFINER_PRESETS[name].to_dict(), "channels": channels, "output": output,
                           "deform_pixels": deform_pixels, "tone_map": tone_map, "noise": noise,
-                          "stroke": stroke, "grain": grain, "blur": blur, "size": size})
+                          "stroke": stroke, "grain": grain, "blur": blur, "size": size,
+                          "shading": shading})
 
 
 def discriminator_preset(

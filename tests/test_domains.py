@@ -62,6 +62,11 @@ def test_each_variant_changes_appearance_as_named(digits):
     lit = made["uneven-light"].astype(float)
     paper = lit[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # the four corners, black in MNIST
     assert (lit >= digits).all() and (paper.max(axis=1) - paper.min(axis=1)).mean() > 40
+    shade = made["shadowed"].astype(float)
+    paper = shade[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # white in the light, down to half in the shadow
+    assert (shade <= 255 - digits.astype(float) + 0.5).all() and paper.max() == 255 and paper.min() < 135
+    assert (paper.max(axis=1) - paper.min(axis=1)).mean() > 80
+    assert shade[digits > 127].mean() < 40  # dark ink
     blocky = made["pixelated"]
     assert np.array_equal(blocky[:, ::2, ::2], blocky[:, 1::2, 1::2]) and not np.array_equal(blocky, digits)
     assert abs(blocky.astype(float).mean() - digits.mean()) < 1

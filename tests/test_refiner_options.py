@@ -1,20 +1,20 @@
 """The options beyond the paper: the residual output form, the learned deformation, the
 label-consistency loss, spectral normalisation in D, the fitted glyph size, stroke width,
-tone curve, sensor grain and blur, and the noise channel. Each test fails if its option does nothing."""
+tone curve, uneven lighting, sensor grain and blur, and the noise channel. Each test fails if its option does nothing."""
 
 import pytest
 import torch
 
 from pipeline.errors import UserError
 from pipeline.models import (
-    Blur, Deformation, Discriminator, GlyphSize, Grain, Refiner, RefinerSpec, StrokeWidth, ToneMap, discriminator_preset,
-    image_noise,
+    Blur, Deformation, Discriminator, GlyphSize, Grain, Refiner, RefinerSpec, Shading, StrokeWidth, ToneMap,
+    discriminator_preset, image_noise,
 )
 from pipeline.refiner_file import load_refiner, save_refiner
 from pipeline.training import losses, task
 from pipeline.training.tone import (
-    fit_blur, fit_glyph_size, fit_grain, fit_input_changes, fit_stroke_width, fit_tone_table, keep_labels, noise_level,
-    scaled_curve, sharpness,
+    fit_blur, fit_glyph_size, fit_grain, fit_input_changes, fit_shading, fit_stroke_width, fit_tone_table, keep_labels,
+    noise_level, paper_fields, scaled_curve, sharpness, unevenness,
 )
 from pipeline.training.step import build_state, train_step
 from helpers.train import pools, tiny_config
@@ -497,28 +497,83 @@ def test_fitted_grain_reaches_the_refined_images():
     assert abs(noise_level(refined).item() - 0.06) < 0.015
 
 
-def test_grain_fitted_to_zero_leaves_training_exactly_as_without_it():
-    # Domains as clean as the simulator get no grain: their refiners must be the ones
-    # trained before grain existed, bit for bit.
+@pytest.mark.parametrize("module, option, fit, off", [
+    ("grain", "grain", fit_grain, lambda buffers: buffers["sigma"].item() == 0.0),
+    ("shading", "shading", fit_shading, lambda buffers: not buffers["fields"].any()),
+])
+def test_a_change_fitted_to_nothing_leaves_training_exactly_as_without_it(module, option, fit, off):
+    # Domains as clean and as evenly lit as the simulator get no grain and no shading:
+    # their refiners must be the ones trained before these existed, bit for bit.
     synthetic = _strokes(32)
     real = 0.1 + 0.6 * _strokes(32, seed=1)
     weights = []
-    for grain in (False, True):
-        config = tiny_config(grain=grain, iterations=3)
-        fitted = {"grain": fit_grain(synthetic, real)} if grain else None
+    for on in (False, True):
+        config = tiny_config(**{option: on}, iterations=3)
+        fitted = {module: fit(synthetic, real)} if on else None
         torch.manual_seed(0)
         state = build_state(config, (1, 16, 16), real, fitted=fitted)
         for _ in range(config.total_steps):
             train_step(state, config, synthetic, real)
-        weights.append({k: v for k, v in state.refiner.state_dict().items() if not k.startswith("grain.")})
-    assert fitted["grain"]["sigma"].item() == 0.0
+        weights.append({k: v for k, v in state.refiner.state_dict().items() if not k.startswith(f"{module}.")})
+    assert off(fitted[module])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_the_fitted_input_changes_and_noise_travel_in_the_refiner_file(tmp_path):
-    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True, stroke=True, grain=True, blur=True, size=True))
+def _lamp_lit(images: torch.Tensor, strength: float, seed: int = 0) -> torch.Tensor:
+    """Bright ink on paper brightening from 0 to `strength` across each image, in a
+    direction drawn per image: a photo of paper under a lamp."""
+    g = torch.Generator().manual_seed(seed)
+    n, _, h, w = images.shape
+    angle = 2 * torch.pi * torch.rand(n, 1, 1, 1, generator=g)
+    ys, xs = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
+    ramp = torch.cos(angle) * xs + torch.sin(angle) * ys
+    ramp = (ramp - ramp.amin(dim=(2, 3), keepdim=True)) / (ramp.amax(dim=(2, 3), keepdim=True) - ramp.amin(dim=(2, 3), keepdim=True))
+    return torch.maximum(images, strength * ramp)
+
+
+def test_shading_lights_the_synthetic_paper_as_the_real_paper_is_lit_and_leaves_the_ink():
+    synthetic, real = _strokes(300), _lamp_lit(_strokes(300, seed=1), 0.3)
+    config = tiny_config(tone_map=True, shading=True)
+    fitted, _ = fit_input_changes(config, synthetic, real)
+    state = build_state(config, (1, 16, 16), real, fitted=fitted)
     with torch.no_grad():
+        toned, shaded = state.refiner.tone(synthetic), state.refiner.parts(synthetic)[1]
+    uneven = {name: unevenness(paper_fields(images), 16, 16).item() for name, images in
+              (("toned", toned), ("shaded", shaded), ("real", real))}
+    assert uneven["toned"] < 0.005 and uneven["real"] > 0.05
+    assert abs(uneven["shaded"] - uneven["real"]) < 0.01
+    # Each page as bright on the whole as a real one, the brightening in its own direction.
+    levels = {name: images[images < 0.5].mean().item() for name, images in (("shaded", shaded), ("real", real))}
+    assert abs(levels["shaded"] - levels["real"]) < 0.02
+    fields = paper_fields(shaded)[:, 0, 1:3]  # each page's slope along u and v
+    assert (fields[:, 0] > 0.05).any() and (fields[:, 0] < -0.05).any() and (fields[:, 1] > 0.05).any()
+    assert torch.equal(shaded[toned > 0.9], toned[toned > 0.9])  # the ink is left as it is
+    # Real paper as evenly lit, or no more uneven than the synthetic: no shading at all.
+    assert not fit_shading(synthetic, 0.1 + 0.6 * _strokes(300, seed=1))["fields"].any()
+    assert not fit_shading(_lamp_lit(synthetic, 0.3, seed=2), real)["fields"].any()
+    # Noise on even paper is not taken for uneven light.
+    assert not fit_shading(synthetic, _grainy(_strokes(300, seed=1), 0.1))["fields"].any()
+
+
+def test_shading_is_the_identity_when_off_and_the_same_for_the_same_image():
+    shading = Shading(1)
+    x = _strokes(16) * torch.linspace(0.6, 1.0, 16).view(-1, 1, 1, 1)  # sixteen different images
+    assert torch.equal(shading(x), x)
+    with torch.no_grad():
+        shading.fields[:, 0, 1] = torch.linspace(-0.2, 0.2, Shading.BANK)  # ramps along u, each its own slope
+    y = shading(x)
+    assert y.min() >= 0 and y.max() <= 1 and not torch.equal(y, x)
+    assert torch.equal(shading(x[3:5]), y[3:5])  # not on the batch it is in, nor on a generator
+    slopes = (y[:, 0, 0, -1] - y[:, 0, 0, 0])
+    assert len(set(slopes.tolist())) > 8  # other images, other lighting
+
+
+def test_the_fitted_input_changes_and_noise_travel_in_the_refiner_file(tmp_path):
+    refiner = Refiner(RefinerSpec(**SMALL, tone_map=True, noise=True, stroke=True, grain=True, blur=True, size=True,
+                                  shading=True))
+    with torch.no_grad():
+        refiner.shading.fields[:, 0, 0] = 0.1  # every page's paper 0.1 brighter
         refiner.size.target.mul_(1.3)  # every glyph 30 % larger
         refiner.blur.sigma.fill_(0.7)
         refiner.tone.table.copy_(0.2 + 0.5 * torch.linspace(0, 1, ToneMap.LEVELS)[None])
@@ -528,7 +583,7 @@ def test_the_fitted_input_changes_and_noise_travel_in_the_refiner_file(tmp_path)
     save_refiner(path, refiner, "digits", 16, 16)
     loaded, info = load_refiner(path)
     assert info.spec.tone_map and info.spec.noise and info.spec.stroke and info.spec.grain and info.spec.blur
-    assert info.spec.size
+    assert info.spec.size and info.spec.shading
     x = _strokes(4)
     with torch.no_grad():
         assert torch.allclose(loaded(x), refiner.eval()(x))
@@ -536,6 +591,7 @@ def test_the_fitted_input_changes_and_noise_travel_in_the_refiner_file(tmp_path)
         assert loaded.stroke(x).sum() > x.sum() * 1.2
         assert loaded.grain.sigma.item() == pytest.approx(0.05)
         assert loaded.blur.sigma.item() == pytest.approx(0.7)
+        assert loaded.shading(x)[x == 0].min().item() == pytest.approx(0.1)
         assert loaded.size.sizes(loaded.size(x)).mean() > 1.2 * loaded.size.sizes(x).mean()
 
 

@@ -3,7 +3,7 @@
 A user's real images differ from the simulator's in ways nobody lists in advance:
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
 and grey paper), dust and dead pixels, dark-on-light paper, blur, weak ink, another
-tone response, uneven lighting, a low-resolution sensor, or two of these at once.
+tone response, uneven lighting or shadow, a low-resolution sensor, or two of these at once.
 Each variant here is one such change (or two) applied to real MNIST digits, so
 robustness can be measured on real handwriting in several appearances
 (`simgan import-real mnist --variant NAME`).
@@ -111,15 +111,25 @@ def salt_pepper(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def uneven_light(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A photo of paper under a lamp: paper brightening from 0 to about 70 across each image,
-    in a direction drawn per image, the ink on top of it."""
-    n, h, w = images.shape
+def _ramps(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """(N, H, W): a linear ramp from 0 to 1 across each image, in a direction drawn per image."""
+    n, h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
     angle = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
     ramp = np.cos(angle) * (xx / (w - 1) - 0.5) + np.sin(angle) * (yy / (h - 1) - 0.5)
-    ramp = (ramp - ramp.min(axis=(1, 2), keepdims=True)) / np.ptp(ramp, axis=(1, 2), keepdims=True)
-    return _as_uint8(np.maximum(images.astype(np.float32), 70 * ramp))
+    return (ramp - ramp.min(axis=(1, 2), keepdims=True)) / np.ptp(ramp, axis=(1, 2), keepdims=True)
+
+
+def uneven_light(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A photo of paper under a lamp: paper brightening from 0 to about 70 across each image,
+    in a direction drawn per image, the ink on top of it."""
+    return _as_uint8(np.maximum(images.astype(np.float32), 70 * _ramps(images.shape, rng)))
+
+
+def shadowed(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dark ink on white paper photographed in a shadow: the light, ink and paper alike,
+    falling off by up to half across each image, in a direction drawn per image."""
+    return _as_uint8((255 - images.astype(np.float32)) * (1 - 0.5 * _ramps(images.shape, rng)))
 
 
 def pixelated(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -171,6 +181,7 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "broad-noisy": _both(broad, noisy),
     "uneven-light": uneven_light,
     "pixelated": pixelated,
+    "shadowed": shadowed,
 }
 
 

@@ -94,6 +94,10 @@ class TrainConfig:
     # Sensor grain fitted to the real images' noise (pipeline.training.tone), added after
     # the tone curve; none when the real images are as clean as the synthetic ones.
     grain: bool = False
+    # Uneven lighting of the paper fitted to the real images (pipeline.training.tone),
+    # after the tone curve: each synthetic page lit as one real page is; none when the
+    # real paper is evenly lit.
+    shading: bool = False
     # An optical blur fitted to the real images' edges (pipeline.training.tone), after the
     # stroke width and before the tone curve; none when they are as sharp as the synthetic.
     blur: bool = False
@@ -139,6 +143,7 @@ PRESETS: dict[str, dict] = {
         "stroke_width": True,
         "grain": True,
         "blur": True,
+        "shading": True,
     },
     # CPU demo on 35x55 eyes.
     "eyes": {"model": "eyes", "label": "gaze"},

@@ -21,12 +21,13 @@ from pipeline.training.loop import run_local
 from pipeline.training.outputs import plot_loss_curves, plot_selection
 from pipeline.training.step import refiner_spec
 from pipeline.training.task import extract_labels
+from pipeline.training.tone import unevenness
 
 REFINER_FILE = "refiner.safetensors"
 # Where a run refused for its labels trains again with the label-consistency loss.
 LABEL_LOSS_DIR = "with-label-loss"
 LABEL_LOSS_WEIGHT = 1.0
-# And where, refused for its labels again, it makes a refiner of the fitted tone, blur and
+# And where, refused for its labels again, it makes a refiner of the fitted tone, blur, shading and
 # grain curves alone. A pen much broader than the simulator's makes the stroke-width
 # curve, and D then the refiner, grow the bold font glyphs until their loops close, which
 # nothing opens again; the curves alone keep every glyph's shape and still turn the
@@ -37,7 +38,7 @@ CURVES_DIR = "fitted-curves-only"
 
 
 def _curves_only(config: TrainConfig) -> dict | None:
-    if not (config.tone_map or config.blur or config.grain):
+    if not (config.tone_map or config.blur or config.grain or config.shading):
         return None  # nothing fitted: the refiner would be the identity
     return {"stroke_width": False, "k_g": 0, "label_consistency_weight": 0.0, "pretrain_discriminator_steps": 0,
             "iterations": config.select_every}
@@ -49,7 +50,8 @@ RETRIES = (
     (LABEL_LOSS_DIR, lambda config: {"label_consistency_weight": LABEL_LOSS_WEIGHT},
      f"with the label-consistency loss (label_consistency_weight={LABEL_LOSS_WEIGHT:g})"),
     (CURVES_DIR, _curves_only,
-     "with the fitted tone, blur and grain curves alone (no stroke-width curve, no adversarial refiner updates)"),
+     "with the fitted tone, blur, shading and grain curves alone (no stroke-width curve, no adversarial refiner "
+     "updates)"),
 )
 log = console.logger("pipeline.training")
 
@@ -98,6 +100,12 @@ def export_refiner(run_dir: str, config: TrainConfig, geometry: Geometry) -> str
         sigma = ", ".join(f"{value:.2f}" for value in refiner.blur.sigma.tolist())
         log.info(f"its blur, fitted to the real images' edges, is a Gaussian of {sigma} px"
                  if refiner.blur.sigma.any() else "its blur is off: the real images' edges are as sharp as the synthetic")
+    if refiner.shading is not None:
+        fields = refiner.shading.fields
+        spread = ", ".join(f"{value * 255:.1f}" for value in unevenness(fields, geometry.height, geometry.width).tolist())
+        log.info(f"its shading, fitted to the real paper, lights each page as a real one is: the paper strays "
+                 f"{spread} of 255 levels from its mean (median over the fields)"
+                 if fields.any() else "its shading is off: the real paper is as evenly lit as the synthetic")
     if refiner.grain is not None:
         sigma = ", ".join(f"{value * 255:.1f}" for value in refiner.grain.sigma.tolist())
         log.info(f"its sensor grain, fitted to the real images, adds noise of standard deviation {sigma} of 255 levels"
@@ -123,7 +131,7 @@ def train(
     The exported refiner is the best scored candidate (pipeline.training.selection).
     When none passes and some failed the label check, the run is done again (config
     `label_loss_retry`): with the label-consistency loss in RUN_DIR/with-label-loss,
-    then, refused for its labels there too, with the fitted tone, blur and grain curves
+    then, refused for its labels there too, with the fitted tone, blur, shading and grain curves
     alone in RUN_DIR/fitted-curves-only (RETRIES; a retry that would change nothing is
     skipped). The refiner of the last run is copied to RUN_DIR; when none passes,
     RefinerRefused is raised after the export. `stop_after` applies to the first run.

@@ -60,7 +60,8 @@ def make_optimizer(params, config: TrainConfig, lr: float) -> torch.optim.Optimi
 
 def refiner_spec(config: TrainConfig, channels: int) -> RefinerSpec:
     return refiner_preset(config.model, channels, config.refiner_output, config.deform_pixels, config.tone_map,
-                          config.refiner_noise, config.stroke_width, config.grain, config.blur, config.glyph_size)
+                          config.refiner_noise, config.stroke_width, config.grain, config.blur, config.glyph_size,
+                          config.shading)
 
 
 def build_networks(config: TrainConfig, channels: int) -> tuple[Refiner, Discriminator]:
@@ -88,7 +89,7 @@ def build_state(
 ) -> TrainState:
     """A fresh state. `wrap` turns each network into its distributed form (identity
     locally); `fitted` holds the buffers of the refiner's fitted input changes, by
-    module ("size", "stroke", "blur", "tone", "grain"), as pipeline.training.tone.fit_input_changes
+    module ("size", "stroke", "blur", "tone", "shading", "grain"), as pipeline.training.tone.fit_input_changes
     makes them."""
     refiner, discriminator = build_networks(config, image_shape[0])
     for module, buffers in (fitted or {}).items():

@@ -1,7 +1,7 @@
 """Fitting the refiner's fixed input changes to the real images: the glyph size
 (pipeline.models.GlyphSize), the stroke width (pipeline.models.StrokeWidth), the optical
-blur (pipeline.models.Blur), the tone curve (pipeline.models.ToneMap) and the sensor
-grain (pipeline.models.Grain). No real labels are used; the size and stroke curves and
+blur (pipeline.models.Blur), the tone curve (pipeline.models.ToneMap), the uneven
+lighting (pipeline.models.Shading) and the sensor grain (pipeline.models.Grain). No real labels are used; the size and stroke curves and
 the blur are checked against the task network trained on the simulator's labels
 (keep_labels).
 
@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from pipeline.models import Blur, GlyphSize, Grain, StrokeWidth, ToneMap
+from pipeline.models import Blur, GlyphSize, Grain, Shading, StrokeWidth, ToneMap
 from pipeline.training import task
 
 # Images and pixels per channel used for the fit: plenty for two percentiles.
@@ -57,6 +57,13 @@ BLUR_TOLERANCE = 0.05
 BLUR_STEPS = 10
 # Bisection steps for the grain's sigma in 0..1: to about 0.001 (a quarter of a level).
 GRAIN_STEPS = 10
+# Real paper whose fitted lighting strays from its own mean by less than this (about 8 of
+# 255 levels, the median over the images, beyond the synthetic paper's own) counts as
+# evenly lit: no shading. Measured on MNIST made noisy, blurred, pixelated or vignetted,
+# the fits stray 0 to 3 levels; under a lamp brightening the paper by 70, 14.
+SHADING_FLOOR = 0.03
+# An image whose paper covers less than this share of it tells little about its lighting.
+SHADING_MIN_PAPER = 0.25
 # The median absolute value of a standard normal variable.
 _MEDIAN_ABS_NORMAL = 0.6745
 
@@ -200,6 +207,63 @@ def fit_grain(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Te
     return {"sigma": sigma}
 
 
+def _paper_and_ink(images: torch.Tensor) -> torch.Tensor:
+    """(channels, 2): each channel's paper and ink tones: its extremes (_extremes), the
+    paper the one its mean tone lies nearer (most of a page is paper)."""
+    extremes = _extremes(images)
+    mean = images.transpose(0, 1).reshape(images.shape[1], -1).mean(dim=1)
+    dark_paper = mean < extremes.mean(dim=1)
+    return torch.where(dark_paper[:, None], extremes, extremes.flip(1))
+
+
+def paper_fields(images: torch.Tensor) -> torch.Tensor:
+    """(n, channels, Shading.BASIS): the smooth field (Shading.basis) that best fits each
+    image's paper, by least squares over the pixels well away from any ink (those past a
+    quarter of the way from paper to ink, grown by two pixels, left out: blur and
+    antialiasing spread ink onto the paper nearby). Images with too little paper
+    (SHADING_MIN_PAPER) are left out."""
+    x = _prepared(images)
+    n, c, h, w = x.shape
+    tones = _paper_and_ink(x)
+    paper, ink = tones[:, 0].view(1, c, 1, 1), tones[:, 1].view(1, c, 1, 1)
+    scale = ((x - paper) / (ink - paper).where((ink - paper).abs() > 1e-3, torch.ones_like(ink))).mean(dim=1, keepdim=True)
+    near_ink = F.max_pool2d((scale > Shading.RAMP[0]).float(), 5, 1, 2)
+    weight = (1 - near_ink).reshape(n, 1, h * w)
+    keep = weight.mean(dim=(1, 2)) >= SHADING_MIN_PAPER
+    basis = Shading.basis(h, w).reshape(Shading.BASIS, h * w)
+    weight, values = weight[keep], x[keep].reshape(-1, c, h * w)
+    normal = torch.einsum("kp,np,lp->nkl", basis, weight[:, 0], basis) + 1e-4 * torch.eye(Shading.BASIS)
+    right = torch.einsum("kp,np,ncp->nkc", basis, weight[:, 0], values)
+    return torch.linalg.solve(normal, right).transpose(1, 2)
+
+
+def unevenness(coefficients: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(channels,): how uneven the fields are: the mean absolute departure of each
+    field from its own mean over the image, the median over the images."""
+    fields = torch.einsum("nck,kp->ncp", coefficients, Shading.basis(h, w).reshape(Shading.BASIS, h * w))
+    return (fields - fields.mean(dim=2, keepdim=True)).abs().mean(dim=2).median(dim=0).values
+
+
+def fit_shading(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The buffers of pipeline.models.Shading for `synthetic` images as the shading gets
+    them (after the tone curve): the field of each of Shading.BANK real images' paper
+    less the synthetic images' mean paper field, so a shaded synthetic page takes the
+    lighting of a real one; and the synthetic paper and ink tones. Zero fields (off)
+    where the real paper is no more uneven than the synthetic (SHADING_FLOOR)."""
+    synthetic = synthetic[:FIT_IMAGES].detach().float().cpu()
+    h, w = synthetic.shape[2:]
+    own, theirs = paper_fields(synthetic), paper_fields(real)
+    tones = _paper_and_ink(_prepared(synthetic))
+    fields = torch.zeros(Shading.BANK, synthetic.shape[1], Shading.BASIS)
+    if not len(own) or not len(theirs):
+        return {"fields": fields, "tones": tones}
+    if (unevenness(theirs, h, w) - unevenness(own, h, w)).max() < SHADING_FLOOR:
+        return {"fields": fields, "tones": tones}
+    # Real images spread evenly over the bank (repeated when there are fewer).
+    pick = torch.arange(Shading.BANK) * len(theirs) // Shading.BANK
+    return {"fields": theirs[pick] - own.mean(dim=0), "tones": tones}
+
+
 def sharpness(images: torch.Tensor) -> torch.Tensor:
     """(channels,): how sharp the images' edges are, from 0 (flat) to 1 (a step from
     paper to ink between two neighbouring pixels). Per image, the steepest neighbour
@@ -246,7 +310,7 @@ def fit_blur(synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Ten
 
 # The fixed input changes, by refiner module name, in the order the refiner applies them.
 _MODULES = {"size": lambda channels: GlyphSize(), "stroke": lambda channels: StrokeWidth(), "blur": Blur,
-            "tone": ToneMap, "grain": Grain}
+            "tone": ToneMap, "shading": Shading, "grain": Grain}
 # How the training log names those that are kept label-safe.
 DESCRIPTIONS = {"size": "size curve", "stroke": "stroke-width curve", "blur": "blur"}
 
@@ -303,6 +367,8 @@ def fit_input_changes(config, synthetic: torch.Tensor, real: torch.Tensor, netwo
         fitted["blur"] = label_safe("blur", lambda f: {"sigma": blur["sigma"] * f})
     if config.tone_map:
         fitted["tone"] = {"table": fit_tone_table(_changed(fitted, sample), real)[0]}
+    if config.shading:
+        fitted["shading"] = fit_shading(_changed(fitted, sample), real)
     if config.grain:
         fitted["grain"] = fit_grain(_changed(fitted, sample), real)
     return fitted, kept
