@@ -67,6 +67,14 @@ def test_each_variant_changes_appearance_as_named(digits):
     assert (shade <= 255 - digits.astype(float) + 0.5).all() and paper.max() == 255 and paper.min() < 135
     assert (paper.max(axis=1) - paper.min(axis=1)).mean() > 80
     assert shade[digits > 127].mean() < 40  # dark ink
+    stains = made["stained"].astype(float)
+    paper = stains[digits == 0]
+    assert (stains >= digits).all() and 15 < paper.mean() < 35 and paper.max() >= 55
+    assert np.corrcoef(stains[:, 0, :-1].ravel(), stains[:, 0, 1:].ravel())[0, 1] > 0.8  # blotches, not grain
+    assert set(np.unique(made["binarized"])) == {0, 255} and abs(ink(made["binarized"]) - ink(digits)) < 0.01
+    assert 0.4 * ink(digits) < ink(made["small"]) < 0.7 * ink(digits)
+    rows = np.nonzero((made["small"] > 127).any(axis=(0, 2)))[0]
+    assert rows.min() >= 5 and rows.max() <= 22  # drawn nearer the centre
     blocky = made["pixelated"]
     assert np.array_equal(blocky[:, ::2, ::2], blocky[:, 1::2, 1::2]) and not np.array_equal(blocky, digits)
     assert abs(blocky.astype(float).mean() - digits.mean()) < 1
@@ -74,7 +82,7 @@ def test_each_variant_changes_appearance_as_named(digits):
     for name in ("thick", "thin", "low-contrast", "noisy", "grainy", "heavy", "blurred", "dim-ink", "speckled",
                  "gamma", "faded-grainy", "broad", "salt-pepper", "thick-grainy", "thin-blurred", "thick-faded",
                  "thin-grainy", "blurred-grainy", "thick-blurred", "broad-noisy", "uneven-light",
-                 "pixelated"):
+                 "pixelated", "stained", "binarized", "small"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

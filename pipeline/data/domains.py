@@ -3,7 +3,8 @@
 A user's real images differ from the simulator's in ways nobody lists in advance:
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
 and grey paper), dust and dead pixels, dark-on-light paper, blur, weak ink, another
-tone response, uneven lighting or shadow, a low-resolution sensor, or two of these at once.
+tone response, uneven lighting or shadow, stained paper, a low-resolution or
+thresholding sensor, smaller handwriting, or two of these at once.
 Each variant here is one such change (or two) applied to real MNIST digits, so
 robustness can be measured on real handwriting in several appearances
 (`simgan import-real mnist --variant NAME`).
@@ -139,6 +140,30 @@ def pixelated(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _as_uint8(blocks.repeat(2, axis=1).repeat(2, axis=2))
 
 
+def stained(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stained or textured paper: blotches up to about 60 levels bright, a few pixels
+    across, different on every page, the ink on top of them."""
+    field = ndimage.gaussian_filter(rng.normal(size=images.shape), sigma=(0, 3, 3))
+    field /= field.std(axis=(1, 2), keepdims=True)
+    return _as_uint8(np.maximum(images.astype(np.float32), np.clip(20 * (field + 1), 0, 60)))
+
+
+def binarized(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A fax or a thresholding scanner: every pixel black or white, no grey edges."""
+    return np.where(images > 127, 255, 0).astype(np.uint8)
+
+
+def small(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Digits written smaller: each shrunk to three quarters of its size about the image's centre."""
+    n, h, w = images.shape
+    # Output pixel p shows the input at centre + (p - centre) / 0.75.
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    offset = centre - centre / 0.75
+    shrunk = [ndimage.affine_transform(image.astype(np.float32), np.diag([1 / 0.75, 1 / 0.75]), offset=offset, order=1)
+              for image in images]
+    return _as_uint8(np.stack(shrunk))
+
+
 def _both(first, second):
     """Two changes at once, `first` applied first: real domains rarely differ in one way only."""
     def both(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -182,6 +207,9 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "uneven-light": uneven_light,
     "pixelated": pixelated,
     "shadowed": shadowed,
+    "stained": stained,
+    "binarized": binarized,
+    "small": small,
 }
 
 
