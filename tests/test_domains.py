@@ -75,6 +75,19 @@ def test_each_variant_changes_appearance_as_named(digits):
     assert 0.4 * ink(digits) < ink(made["small"]) < 0.7 * ink(digits)
     rows = np.nonzero((made["small"] > 127).any(axis=(0, 2)))[0]
     assert rows.min() >= 5 and rows.max() <= 22  # drawn nearer the centre
+    def centre_column(images, rows):
+        band = images[:, rows, :].astype(float)
+        return (band * np.arange(images.shape[2])).sum() / band.sum()
+
+    lean = {name: centre_column(made[name], slice(4, 10)) - centre_column(made[name], slice(18, 24))
+            for name in ("none", "slanted")}
+    assert lean["slanted"] > lean["none"] + 3  # the tops lean further right than the bottoms
+    assert abs(made["slanted"].astype(float).mean() - digits.mean()) < 2
+    lit_grainy = made["uneven-grainy"].astype(float)
+    smooth = lit_grainy.reshape(-1, 4, 7, 4, 7).mean(axis=(2, 4))  # 7x7 block means average the grain away
+    corners = smooth[:, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners.max(axis=1) - corners.min(axis=1)).mean() > 25  # the lamp's ramp
+    assert np.abs(lit_grainy[:, 0, 0] - lit_grainy[:, 0, 1]).mean() > 5  # and grain on it
     blocky = made["pixelated"]
     assert np.array_equal(blocky[:, ::2, ::2], blocky[:, 1::2, 1::2]) and not np.array_equal(blocky, digits)
     assert abs(blocky.astype(float).mean() - digits.mean()) < 1
@@ -82,7 +95,7 @@ def test_each_variant_changes_appearance_as_named(digits):
     for name in ("thick", "thin", "low-contrast", "noisy", "grainy", "heavy", "blurred", "dim-ink", "speckled",
                  "gamma", "faded-grainy", "broad", "salt-pepper", "thick-grainy", "thin-blurred", "thick-faded",
                  "thin-grainy", "blurred-grainy", "thick-blurred", "broad-noisy", "uneven-light",
-                 "pixelated", "stained", "binarized", "small"):
+                 "pixelated", "stained", "binarized", "small", "slanted", "uneven-grainy"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

@@ -4,7 +4,7 @@ A user's real images differ from the simulator's in ways nobody lists in advance
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
 and grey paper), dust and dead pixels, dark-on-light paper, blur, weak ink, another
 tone response, uneven lighting or shadow, stained paper, a low-resolution or
-thresholding sensor, smaller handwriting, or two of these at once.
+thresholding sensor, smaller or slanted handwriting, or two of these at once.
 Each variant here is one such change (or two) applied to real MNIST digits, so
 robustness can be measured on real handwriting in several appearances
 (`simgan import-real mnist --variant NAME`).
@@ -164,6 +164,16 @@ def small(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _as_uint8(np.stack(shrunk))
 
 
+def slanted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Handwriting slanted to the right: each digit sheared by 0.3 (about 17 degrees) about the image's centre."""
+    h = images.shape[1]
+    # Output (row, column) shows the input at (row, column - 0.3 * (centre row - row)).
+    shear = np.array([[1.0, 0.0], [0.3, 1.0]])
+    offset = np.array([0.0, -0.3 * (h - 1) / 2])
+    return _as_uint8(np.stack([ndimage.affine_transform(image.astype(np.float32), shear, offset=offset, order=1)
+                               for image in images]))
+
+
 def _both(first, second):
     """Two changes at once, `first` applied first: real domains rarely differ in one way only."""
     def both(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -210,6 +220,8 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "stained": stained,
     "binarized": binarized,
     "small": small,
+    "slanted": slanted,
+    "uneven-grainy": _both(uneven_light, grainy),
 }
 
 
