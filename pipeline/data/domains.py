@@ -153,25 +153,26 @@ def binarized(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.where(images > 127, 255, 0).astype(np.uint8)
 
 
+def _resampled(images: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Each image resampled (bilinear, paper beyond its edges): output pixel p shows the
+    input at matrix @ p + offset, p as (row, column)."""
+    return _as_uint8(np.stack([ndimage.affine_transform(image.astype(np.float32), matrix, offset=offset, order=1)
+                               for image in images]))
+
+
 def small(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Digits written smaller: each shrunk to three quarters of its size about the image's centre."""
     n, h, w = images.shape
     # Output pixel p shows the input at centre + (p - centre) / 0.75.
     centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    offset = centre - centre / 0.75
-    shrunk = [ndimage.affine_transform(image.astype(np.float32), np.diag([1 / 0.75, 1 / 0.75]), offset=offset, order=1)
-              for image in images]
-    return _as_uint8(np.stack(shrunk))
+    return _resampled(images, np.diag([1 / 0.75, 1 / 0.75]), centre - centre / 0.75)
 
 
 def slanted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Handwriting slanted to the right: each digit sheared by 0.3 (about 17 degrees) about the image's centre."""
     h = images.shape[1]
     # Output (row, column) shows the input at (row, column - 0.3 * (centre row - row)).
-    shear = np.array([[1.0, 0.0], [0.3, 1.0]])
-    offset = np.array([0.0, -0.3 * (h - 1) / 2])
-    return _as_uint8(np.stack([ndimage.affine_transform(image.astype(np.float32), shear, offset=offset, order=1)
-                               for image in images]))
+    return _resampled(images, np.array([[1.0, 0.0], [0.3, 1.0]]), np.array([0.0, -0.3 * (h - 1) / 2]))
 
 
 def _both(first, second):

@@ -1,9 +1,9 @@
 """Fitting the refiner's fixed input changes to the real images: the glyph size
 (pipeline.models.GlyphSize), the stroke width (pipeline.models.StrokeWidth), the optical
 blur (pipeline.models.Blur), the tone curve (pipeline.models.ToneMap), the uneven
-lighting (pipeline.models.Shading) and the sensor grain (pipeline.models.Grain). No real labels are used; the size and stroke curves and
-the blur are checked against the task network trained on the simulator's labels
-(keep_labels).
+lighting (pipeline.models.Shading) and the sensor grain (pipeline.models.Grain). No
+real labels are used; the size and stroke curves and the blur are checked against the
+task network trained on the simulator's labels (keep_labels).
 
 The curve is the straight line that takes the synthetic images' darkest and brightest
 tones (their 1st and 99th percentiles, channel by channel) to the real images'. Matching
