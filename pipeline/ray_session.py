@@ -17,6 +17,8 @@ import subprocess
 import sys
 import warnings
 
+from pipeline.ray_watchdog import CLEAN_END
+
 # Ray's own chatter (start-up notices, Ray Data's per-dataset plan and progress blocks,
 # Ray Train's controller and clean-up actors) is off unless --verbose; what the
 # pipeline itself prints always gets through.
@@ -126,8 +128,7 @@ def ray_session(address: str | None = None, verbose: bool | None = None, num_cpu
     finally:
         ray.shutdown()
         if watchdog is not None:
-            watchdog.stdin.close()  # a clean end: the watchdog leaves without killing anything
-            watchdog.wait()
+            _end_cleanly(watchdog)
 
 
 def node_id() -> str | None:
@@ -201,12 +202,22 @@ def _session_dir() -> str:
     return ray._private.worker._global_node.get_session_dir_path()
 
 
+def _end_cleanly(watchdog: subprocess.Popen) -> None:
+    """Tell the watchdog that Ray was shut down: it leaves without killing anything."""
+    try:
+        watchdog.stdin.write(CLEAN_END)
+        watchdog.stdin.close()
+    except BrokenPipeError:  # it is gone already: nothing to tell
+        pass
+    watchdog.wait()
+
+
 def _start_watchdog() -> subprocess.Popen:
     """A process that ends the local Ray's processes if this driver dies without
     shutting it down (SIGKILL, OOM killer): Ray lets its agents and workers run on
     for a minute or more after a driver it did not see exit."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.ray_watchdog", str(os.getpid()), _session_dir()],
+        [sys.executable, "-m", "pipeline.ray_watchdog", _session_dir()],
         stdin=subprocess.PIPE,
         start_new_session=True,  # a Ctrl-C in the terminal is the driver's to handle
         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},

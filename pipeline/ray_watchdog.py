@@ -1,10 +1,11 @@
-"""Ends an embedded Ray whose driver died: `python -m pipeline.ray_watchdog PID SESSION_DIR`.
+"""Ends an embedded Ray whose driver died: `python -m pipeline.ray_watchdog SESSION_DIR`.
 
-The driver holds the write end of this process's stdin. A clean shutdown closes it
-after `ray.shutdown()`, with the driver still alive: nothing to do. When the driver is
-gone instead (SIGKILL, the OOM killer), the kernel closes it: every process of this
-user that runs from, or holds a file in, the Ray session folder is killed. Ray alone
-lets its agents and actors (a Ray Train worker keeps training) run on for a minute or more.
+The driver holds the write end of this process's stdin. A clean shutdown writes
+`CLEAN_END` to it after `ray.shutdown()` and closes it: nothing to do. When the driver
+is gone instead (SIGKILL, the OOM killer), the kernel closes it with nothing said:
+every process of this user that runs from, or holds a file in, the Ray session folder
+is killed. Ray alone lets its agents and actors (a Ray Train worker keeps training) run
+on for a minute or more.
 """
 
 from __future__ import annotations
@@ -15,18 +16,7 @@ import sys
 import time
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
-    except OSError:
-        return False
+CLEAN_END = b"ray shut down\n"
 
 
 def children() -> dict[int, list[int]]:
@@ -88,13 +78,16 @@ def kill_session_processes(session_dir: str, rounds: int = 10, pause: float = 0.
         time.sleep(pause)
 
 
-def main(driver: int, session_dir: str) -> None:
-    sys.stdin.buffer.read()  # returns at EOF: the driver closed it or died
-    if _alive(driver) or not session_dir:
+def main(session_dir: str) -> None:
+    said = sys.stdin.buffer.read()  # returns at EOF: the driver closed it or died
+    # Told, not guessed from the driver's pid: the kernel closes a dying process's
+    # files a moment before it becomes a zombie, and under load this process could look
+    # in that moment, see the driver "alive" and leave its Ray running.
+    if said == CLEAN_END or not session_dir:
         return
     kill_session_processes(session_dir)
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    main(int(sys.argv[1]), sys.argv[2])
+    main(sys.argv[1])

@@ -1,5 +1,5 @@
 """The embedded Ray of a job: it listens on loopback only, and nothing it started
-outlives a driver killed with SIGKILL by more than 30 s."""
+outlives a driver killed with SIGKILL by more than 30 s; the watchdog that sees to it."""
 
 import ipaddress
 import os
@@ -10,7 +10,9 @@ import time
 
 import pytest
 
+from helpers.processes import alive
 from helpers.refine import make_refiner, write_dataset
+from pipeline.ray_watchdog import CLEAN_END
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,14 +32,6 @@ def _descendants(root):
         found += children
         todo += children
     return found
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _cmdline(pid):
@@ -105,21 +99,59 @@ def test_embedded_ray_listens_on_loopback_and_dies_with_its_driver(tmp_path):
         os.kill(driver.pid, signal.SIGKILL)  # the driver only, not its process group
         driver.wait()
         deadline = time.time() + 30
-        alive = started
+        left = started
         while time.time() < deadline:
-            alive = [pid for pid in started if _alive(pid)]
-            if not alive:
+            left = [pid for pid in started if alive(pid)]
+            if not left:
                 break
             time.sleep(0.5)
-        assert not alive, [(pid, _cmdline(pid)[:80]) for pid in alive]
+        assert not left, [(pid, _cmdline(pid)[:80]) for pid in left]
     finally:
         # Whatever this test started and is still running (pids recorded while they
         # were the driver's descendants).
         for pid in started:
-            if _alive(pid):
+            if alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         if driver.poll() is None:
             driver.kill()
+
+
+def _holding_a_file_in(folder):
+    """A process of this user that holds a file in `folder` open, the way an orphaned Ray
+    agent holds its log (its command line does not name the folder)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import os, time; f = open(os.environ['HOLD'], 'a'); time.sleep(120)"],
+                              env={**os.environ, "HOLD": str(folder / "agent.log")})
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if any(str(folder) in os.readlink(f"/proc/{holder.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{holder.pid}/fd")):
+                return holder
+        except OSError:
+            pass
+        time.sleep(0.1)
+    holder.kill()
+    raise AssertionError("the stand-in agent never opened its file")
+
+
+@pytest.mark.parametrize("said, kills", [(CLEAN_END, False), (b"", True), (b"ray shut", True)])
+def test_the_watchdog_ends_the_session_unless_the_driver_said_it_shut_ray_down(tmp_path, said, kills):
+    # The driver here (this test) stays alive either way: what decides is whether it said
+    # so before its end of the pipe closed, as a driver's pid may still look alive when
+    # the kernel has closed its files on the way out.
+    session = tmp_path / "session_2026"
+    session.mkdir()
+    holder = _holding_a_file_in(session)
+    try:
+        watchdog = subprocess.Popen([sys.executable, "-m", "pipeline.ray_watchdog", str(session)],
+                                    stdin=subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT})
+        watchdog.stdin.write(said)
+        watchdog.stdin.close()
+        assert watchdog.wait(timeout=60) == 0
+        time.sleep(0.2)
+        assert alive(holder.pid) is not kills
+    finally:
+        holder.kill()
+        holder.wait()

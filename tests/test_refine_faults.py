@@ -9,9 +9,9 @@ import pytest
 
 import ray.cloudpickle
 
-from pipeline.ray_watchdog import _alive
 from pipeline.refine import job, refine_dataset
 from helpers import faults
+from helpers.processes import alive
 from helpers.faults import (REFINER_PID, REFINER_STARTS, WRITER_PID, Killer, RefinerKilledOnce, WorkerKilledOnce,
                             writer_killed_once)
 from helpers.refine import make_refiner, run_outputs, write_dataset
@@ -53,7 +53,7 @@ def test_killed_refiner_actor_and_write_task_leave_the_same_bytes(tmp_path, calm
 
     # Both stand-ins were killed holding their first batch, and are gone.
     assert sorted(killer.killed) == sorted(pid_files)
-    assert not any(_alive(pid) for pid in killer.killed.values())
+    assert not any(alive(pid) for pid in killer.killed.values())
     _refiner_came_back(tmp_path, killer, pid_files[0])  # in a new process
     assert disturbed["ok"] == calm_summary["ok"] == 40 and disturbed["shards_refined"] == 4
     assert run_outputs(tmp_path / "out") == run_outputs(root / "out")
@@ -68,7 +68,7 @@ def test_killed_fused_worker_leaves_the_same_bytes(tmp_path, calm, stand_ins_by_
     with Killer([pid_file]) as killer:
         disturbed = refine_dataset(str(root / "in"), str(tmp_path / "out"), refiner, batch_size=4)
 
-    assert list(killer.killed) == [pid_file] and not _alive(killer.killed[pid_file])
+    assert list(killer.killed) == [pid_file] and not alive(killer.killed[pid_file])
     _refiner_came_back(tmp_path, killer, pid_file)
     assert disturbed["ok"] == calm_summary["ok"] == 40 and disturbed["shards_refined"] == 4
     assert run_outputs(tmp_path / "out") == run_outputs(root / "out")
