@@ -88,6 +88,11 @@ def test_each_variant_changes_appearance_as_named(digits):
     corners = smooth[:, [0, 0, -1, -1], [0, -1, 0, -1]]
     assert (corners.max(axis=1) - corners.min(axis=1)).mean() > 25  # the lamp's ramp
     assert np.abs(lit_grainy[:, 0, 0] - lit_grainy[:, 0, 1]).mean() > 5  # and grain on it
+    very = made["very-grainy"].astype(float)
+    assert np.abs(very[:, 0, 0] - very[:, 0, 1]).mean() > 1.7 * np.abs(grainy[:, 0, 0] - grainy[:, 0, 1]).mean()  # twice the noise, half of it clipped at black
+    # Three changes at once: each the same as its parts in order.
+    assert np.array_equal(made["thick-grainy-inverted"], 255 - made["thick-grainy"])
+    assert np.array_equal(made["thin-faded-inverted"], apply_variant("faded-inverted", made["thin"], seed=0))
     blocky = made["pixelated"]
     assert np.array_equal(blocky[:, ::2, ::2], blocky[:, 1::2, 1::2]) and not np.array_equal(blocky, digits)
     assert abs(blocky.astype(float).mean() - digits.mean()) < 1
@@ -95,7 +100,7 @@ def test_each_variant_changes_appearance_as_named(digits):
     for name in ("thick", "thin", "low-contrast", "noisy", "grainy", "heavy", "blurred", "dim-ink", "speckled",
                  "gamma", "faded-grainy", "broad", "salt-pepper", "thick-grainy", "thin-blurred", "thick-faded",
                  "thin-grainy", "blurred-grainy", "thick-blurred", "broad-noisy", "uneven-light",
-                 "pixelated", "stained", "binarized", "small", "slanted", "uneven-grainy"):
+                 "pixelated", "stained", "binarized", "small", "slanted", "uneven-grainy", "very-grainy"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

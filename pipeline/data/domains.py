@@ -4,8 +4,8 @@ A user's real images differ from the simulator's in ways nobody lists in advance
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
 and grey paper), dust and dead pixels, dark-on-light paper, blur, weak ink, another
 tone response, uneven lighting or shadow, stained paper, a low-resolution or
-thresholding sensor, smaller or slanted handwriting, or two of these at once.
-Each variant here is one such change (or two) applied to real MNIST digits, so
+thresholding sensor, smaller or slanted handwriting, or two or three of these at once.
+Each variant here is one such change (or a few) applied to real MNIST digits, so
 robustness can be measured on real handwriting in several appearances
 (`simgan import-real mnist --variant NAME`).
 Variants change appearance only: the class of every digit stays what it was.
@@ -175,13 +175,21 @@ def slanted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _resampled(images, np.array([[1.0, 0.0], [0.3, 1.0]]), np.array([0.0, -0.3 * (h - 1) / 2]))
 
 
-def _both(first, second):
-    """Two changes at once, `first` applied first: real domains rarely differ in one way only."""
-    def both(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return second(first(images, rng), rng)
+def _chain(*changes):
+    """Several changes at once, in order: real domains rarely differ in one way only."""
+    def chained(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for change in changes:
+            images = change(images, rng)
+        return images
 
-    both.__doc__ = f"{first.__name__} then {second.__name__}"
-    return both
+    chained.__name__ = "_then_".join(change.__name__ for change in changes)
+    chained.__doc__ = " then ".join(change.__name__ for change in changes)
+    return chained
+
+
+def very_grainy(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A sensor in poor light: Gaussian noise of 50 levels on the digits as they are, clipped."""
+    return _as_uint8(images.astype(np.float32) + rng.normal(0, 50, size=images.shape))
 
 
 VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | None] = {
@@ -199,22 +207,22 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "speckled": speckled,
     "gamma": gamma,
     # Two changes at once.
-    "thin-inverted": _both(thin, inverted),
-    "faded-grainy": _both(low_contrast, grainy),
-    "blurred-inverted": _both(blurred, inverted),
-    "thick-inverted": _both(thick, inverted),
-    "grainy-inverted": _both(grainy, inverted),
-    "thin-faded": _both(thin, low_contrast),
+    "thin-inverted": _chain(thin, inverted),
+    "faded-grainy": _chain(low_contrast, grainy),
+    "blurred-inverted": _chain(blurred, inverted),
+    "thick-inverted": _chain(thick, inverted),
+    "grainy-inverted": _chain(grainy, inverted),
+    "thin-faded": _chain(thin, low_contrast),
     "faint": faint,
     "broad": broad,
     "salt-pepper": salt_pepper,
-    "thick-grainy": _both(thick, grainy),
-    "thin-blurred": _both(thin, blurred),
-    "thick-faded": _both(thick, low_contrast),
-    "thin-grainy": _both(thin, grainy),
-    "blurred-grainy": _both(blurred, grainy),
-    "thick-blurred": _both(thick, blurred),
-    "broad-noisy": _both(broad, noisy),
+    "thick-grainy": _chain(thick, grainy),
+    "thin-blurred": _chain(thin, blurred),
+    "thick-faded": _chain(thick, low_contrast),
+    "thin-grainy": _chain(thin, grainy),
+    "blurred-grainy": _chain(blurred, grainy),
+    "thick-blurred": _chain(thick, blurred),
+    "broad-noisy": _chain(broad, noisy),
     "uneven-light": uneven_light,
     "pixelated": pixelated,
     "shadowed": shadowed,
@@ -222,7 +230,11 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "binarized": binarized,
     "small": small,
     "slanted": slanted,
-    "uneven-grainy": _both(uneven_light, grainy),
+    "uneven-grainy": _chain(uneven_light, grainy),
+    "very-grainy": very_grainy,
+    # Three changes at once.
+    "thick-grainy-inverted": _chain(thick, grainy, inverted),
+    "thin-faded-inverted": _chain(thin, faded_inverted),
 }
 
 
