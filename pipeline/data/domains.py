@@ -232,6 +232,9 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "slanted": slanted,
     "uneven-grainy": _chain(uneven_light, grainy),
     "very-grainy": very_grainy,
+    "dim-inverted": _chain(dim_ink, inverted),
+    "broad-faded": _chain(broad, low_contrast),
+    "thick-very-grainy": _chain(thick, very_grainy),
     # Three changes at once.
     "thick-grainy-inverted": _chain(thick, grainy, inverted),
     "thin-faded-inverted": _chain(thin, faded_inverted),
