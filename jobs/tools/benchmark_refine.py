@@ -243,6 +243,7 @@ def main() -> int:
     from pipeline.refine import refine_dataset
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-refine-")
+    os.makedirs(workdir, exist_ok=True)  # a --workdir that does not exist yet is made
     try:
         in_dir, out_dir = os.path.join(workdir, "in"), os.path.join(workdir, "out")
         refiner_path = os.path.join(workdir, "refiner.safetensors")
