@@ -182,7 +182,6 @@ def _chain(*changes):
             images = change(images, rng)
         return images
 
-    chained.__name__ = "_then_".join(change.__name__ for change in changes)
     chained.__doc__ = " then ".join(change.__name__ for change in changes)
     return chained
 
