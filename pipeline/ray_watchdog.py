@@ -53,11 +53,15 @@ def session_processes(session_dir: str) -> list[int]:
             continue
         if session_dir in text:
             found.append(int(entry))
-    tree = children()
-    todo = list(found)
+    return found + [pid for pid in descendants(found) if pid not in found and pid != os.getpid()]
+
+
+def descendants(roots: list[int]) -> list[int]:
+    """Every process below `roots` (not the roots themselves), from one look at /proc."""
+    tree, todo, found = children(), list(roots), []
     while todo:
         for child in tree.get(todo.pop(), []):
-            if child not in found and child != os.getpid():
+            if child not in found:
                 found.append(child)
                 todo.append(child)
     return found

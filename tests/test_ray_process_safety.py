@@ -12,26 +12,9 @@ import pytest
 
 from helpers.processes import alive
 from helpers.refine import make_refiner, write_dataset
-from pipeline.ray_watchdog import CLEAN_END
+from pipeline.ray_watchdog import CLEAN_END, descendants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _descendants(root):
-    parents = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        children = [child for child, parent in parents.items() if parent == pid]
-        found += children
-        todo += children
-    return found
 
 
 def _cmdline(pid):
@@ -85,12 +68,12 @@ def test_embedded_ray_listens_on_loopback_and_dies_with_its_driver(tmp_path):
         # Wait until the pipeline runs: a refiner actor is up.
         deadline = time.time() + 240
         while time.time() < deadline and driver.poll() is None:
-            started = _descendants(driver.pid)
+            started = descendants([driver.pid])
             if any("MapWorker" in _cmdline(pid) for pid in started):
                 break
             time.sleep(0.5)
         assert driver.poll() is None and started, "the job ended before its Ray was up"
-        started = _descendants(driver.pid)
+        started = descendants([driver.pid])
 
         listening = _listening([driver.pid] + started)
         assert listening, "no Ray server found"

@@ -47,18 +47,13 @@ import torch  # noqa: E402
 from pipeline.data import digits, eyes  # noqa: E402
 from pipeline.data.output import write_labelled_shard  # noqa: E402
 from pipeline.models import Refiner, refiner_preset  # noqa: E402
-from pipeline.ray_watchdog import children  # noqa: E402
+from pipeline.ray_watchdog import descendants  # noqa: E402
 from pipeline.refiner_file import save_refiner  # noqa: E402
 from pipeline.refine.stage import RefineStage, to_tensor  # noqa: E402
 
 
 def _tree(root: int) -> list[int]:
-    tree, todo, found = children(), [root], []
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += tree.get(pid, [])
-    return found
+    return [root] + descendants([root])
 
 
 def _kib(pid: int, path: str, field: str) -> int:
