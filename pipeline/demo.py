@@ -3,6 +3,8 @@
 simulate digits -> import the real MNIST subset -> train a refiner against its
 unlabelled split -> refine the synthetic shards with refine-dataset -> check with
 manifest-diff that no label drifted -> evaluate on real held-out digits -> report.
+When `simgan train` refuses every refiner, the demo does what a user then does: keeps
+the raw synthetic data, evaluates that, says so in the report, and exits non-zero.
 
 The stages are a table (STAGES) run by one loop. Each calls the same Python function
 as its command, and the report lists the equivalent commands. A finished stage is
@@ -13,6 +15,7 @@ the terminal and to `demo.log`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -68,8 +71,9 @@ def _quote(parts: list) -> str:
     return " ".join(shlex.quote(str(part)) for part in parts)
 
 
-def commands_for(out: str, settings: DemoSettings, preset: str | None) -> dict[str, str]:
-    """The command line equivalent to each step, for the report and the terminal."""
+def commands_for(out: str, settings: DemoSettings, preset: str | None, refused: bool = False) -> dict[str, str | None]:
+    """The command line equivalent to each step, for the report and the terminal. After
+    a refusal (`refused`) nothing is refined or diffed (None) and the raw data is evaluated."""
     d = {name: os.path.join(out, name) for name in FOLDERS}
     real = d["real"]
     train = ["simgan", "train", "--synthetic", d["synthetic"], "--real", os.path.join(real, "unlabelled"),
@@ -80,7 +84,7 @@ def commands_for(out: str, settings: DemoSettings, preset: str | None) -> dict[s
         train.append("--local")
     ev = settings.evaluation
     evaluate_cmd = ["simgan", "evaluate", "--task", "digits", "--synthetic", d["synthetic"],
-                    "--refined", d["refined"], "--real-train", os.path.join(real, "train"),
+                    "--refined", d["synthetic" if refused else "refined"], "--real-train", os.path.join(real, "train"),
                     "--real-test", os.path.join(real, "test"), "--seeds", settings.seeds,
                     "--steps", ev.steps, "--two-sample-epochs", settings.two_sample_epochs,
                     "--out", d["evaluation"]]
@@ -90,9 +94,9 @@ def commands_for(out: str, settings: DemoSettings, preset: str | None) -> dict[s
                             "--out", d["synthetic"], "--seed", settings.seed, "--rendering", settings.rendering]),
         "import": _quote(["simgan", "import-real", "mnist", "--out", real, "--seed", settings.seed]),
         "train": _quote(train),
-        "refine": _quote(["refine-dataset", "--in", d["synthetic"], "--out", d["refined"],
-                          "--refiner", os.path.join(d["run"], "refiner.safetensors")]),
-        "diff": _quote(["simgan", "manifest-diff", d["synthetic"], d["refined"]]),
+        "refine": None if refused else _quote(["refine-dataset", "--in", d["synthetic"], "--out", d["refined"],
+                                               "--refiner", os.path.join(d["run"], "refiner.safetensors")]),
+        "diff": None if refused else _quote(["simgan", "manifest-diff", d["synthetic"], d["refined"]]),
         "evaluate": _quote(evaluate_cmd),
         "report": _quote(["simgan", "report", "--results", d["evaluation"], "--train-run", d["run"],
                           "--out", out]),
@@ -120,11 +124,17 @@ def _load_state(out: str, settings: DemoSettings, overwrite: bool) -> dict:
 @dataclass(frozen=True)
 class Plan:
     """What every stage needs: settings, commands and absolute folders (Ray workers run
-    in folders of their own)."""
+    in folders of their own); once training has refused, why."""
 
     settings: DemoSettings
     commands: dict[str, str]
     folders: dict[str, str]
+    refusal: str | None = None
+
+    @property
+    def kept(self) -> str:
+        """The data a user goes on with: the refined shards, or the raw ones after a refusal."""
+        return self.folders["synthetic" if self.refusal else "refined"]
 
     def real(self, split: str) -> str:
         return os.path.join(self.folders["real"], split)
@@ -153,16 +163,28 @@ def _import(plan: Plan) -> None:
     import_mnist(plan.folders["real"], seed=plan.settings.seed, overwrite=True)
 
 
-def _train(plan: Plan) -> None:
+def _train(plan: Plan) -> dict | None:
     from pipeline.training import train
+    from pipeline.training.job import RefinerRefused
 
     s = plan.settings
-    train(plan.folders["synthetic"], plan.real("unlabelled"), plan.folders["run"], preset=s.train_preset,
-          overrides=dict(s.train_overrides) or None, local=s.local_training)
+    try:
+        train(plan.folders["synthetic"], plan.real("unlabelled"), plan.folders["run"], preset=s.train_preset,
+              overrides=dict(s.train_overrides) or None, local=s.local_training)
+    except RefinerRefused as refused:
+        log.info(f"simgan train refused: {refused}")
+        log.info("the demo goes on as a user would: it keeps the raw synthetic data, skips refine-dataset "
+                 "and manifest-diff, and evaluates the raw data")
+        return {"refused": str(refused)}
+    return None
 
 
-def _refine(plan: Plan) -> None:
+def _refine(plan: Plan) -> str | None:
     from pipeline.refine import refine_dataset
+
+    if plan.refusal:
+        log.info(SKIPPED)
+        return SKIPPED
 
     # A refiner from an earlier, unfinished run of this stage may have committed
     # shards; the one just trained decides, so start the refined folder over.
@@ -172,6 +194,9 @@ def _refine(plan: Plan) -> None:
 def _diff(plan: Plan) -> str:
     from pipeline.refine.diff import diff_manifests
 
+    if plan.refusal:
+        log.info(SKIPPED)
+        return SKIPPED
     synthetic, refined = plan.folders["synthetic"], plan.folders["refined"]
     result = diff_manifests(synthetic, refined)
     log.info(result.to_text(limit=5))
@@ -185,7 +210,10 @@ def _evaluate(plan: Plan) -> None:
     from pipeline.evaluation.report import summary_lines
 
     s, d = plan.settings, plan.folders
-    results = evaluate("digits", d["synthetic"], d["refined"], plan.real("test"), d["evaluation"],
+    if plan.refusal:
+        log.info("evaluating the raw synthetic data the user keeps, in the refined column too: "
+                 "the refiner was refused")
+    results = evaluate("digits", d["synthetic"], plan.kept, plan.real("test"), d["evaluation"],
                        real_train_dir=plan.real("train"), seeds=s.seeds, settings=s.evaluation,
                        two_sample_epochs=s.two_sample_epochs, command=plan.commands["evaluate"])
     for line in summary_lines(results):
@@ -196,6 +224,8 @@ def _train_title(s: DemoSettings) -> str:
     options = ", ".join(f"{k}={v}" for k, v in sorted(s.train_overrides.items()))
     return f"training the refiner (preset {s.train_preset}" + (f", {options}" if options else "") + ")"
 
+
+SKIPPED = "skipped: simgan train refused every refiner, so nothing was refined"
 
 # (name, title, stage): run in this order; a name in demo.json's "done" is skipped.
 STAGES = [
@@ -232,7 +262,16 @@ def run_demo(
         for number, (name, title, stage) in enumerate(STAGES, 1):
             prefix = f"[demo {number}/{len(STAGES) + 1}]"
             _run_stage(out, plan, state, name, prefix, title(settings), stage, started)
-        return _report(out, plan, state)
+            refusal = (state.get("outcome_train") or {}).get("refused")
+            if refusal and not plan.refusal:
+                plan = dataclasses.replace(plan, refusal=refusal,
+                                           commands=commands_for(out, settings, preset, refused=True))
+        html_path = _report(out, plan, state)
+    if plan.refusal:
+        raise UserError(f"the demo finished without a refiner: simgan train refused every refiner of this run, "
+                        f"so the raw synthetic data is kept and was evaluated (report: {os.path.abspath(html_path)}). "
+                        f"{plan.refusal}")
+    return html_path
 
 
 def _append(handle, line: str) -> None:
@@ -248,7 +287,8 @@ def _run_stage(out: str, plan: Plan, state: dict, name: str, prefix: str, title:
         log.info(f"{prefix} {title}: done by an earlier run, skipped")
         return
     log.info(f"{prefix} {title} ...")
-    log.info(f"{prefix} same as: {plan.commands[name]}")
+    if plan.commands[name]:
+        log.info(f"{prefix} same as: {plan.commands[name]}")
     began = time.perf_counter()
     outcome = stage(plan)
     state["seconds"][name] = round(time.perf_counter() - began, 1)
@@ -267,7 +307,12 @@ def _report(out: str, plan: Plan, state: dict) -> str:
     log.info(f"[demo {len(STAGES) + 1}/{len(STAGES) + 1}] writing the report ...")
     facts = {"labels checked (manifest-diff)": state.get("outcome_diff", ""),
              "step times (s)": json.dumps(state["seconds"])}
+    headline = None
+    if plan.refusal:
+        headline = ("simgan train refused every refiner of this run (why: under Details), so nothing was "
+                    "refined: the raw synthetic data is kept, and the refined column below is that raw data.")
+        facts["refiner refused"] = plan.refusal
     html_path, _ = write_report(out, load_results(plan.folders["evaluation"]), train_run_dir=plan.folders["run"],
-                                commands=list(plan.commands.values()), extra=facts)
+                                commands=[c for c in plan.commands.values() if c], extra=facts, headline=headline)
     log.info(f"[demo] report: {os.path.abspath(html_path)}")
     return html_path

@@ -60,6 +60,35 @@ def test_demo_runs_every_step_then_continues(tmp_path):
         run_demo(out, settings=DemoSettings(**{**TINY.__dict__, "synthetic_count": 130}))
 
 
+@pytest.mark.slow
+def test_a_refused_refiner_leaves_the_raw_data_evaluated_reported_and_the_demo_failing(tmp_path):
+    # No candidate can be 0.49 more confident-real than the raw images after two steps:
+    # training refuses, for realism (so no retry runs).
+    settings = DemoSettings(**{**TINY.__dict__, "train_overrides": {**TINY.train_overrides, "realism_margin": 0.49}})
+    out = str(tmp_path / "simgan-demo")
+    lines = []
+    with console.copied_to(lines.append), pytest.raises(UserError, match="demo finished without a refiner") as error:
+        run_demo(out, settings=settings)
+    assert "not more realistic" in str(error.value) and "report.html" in str(error.value)
+    text = "\n".join(lines)
+    assert "simgan train refused" in text and text.count("skipped: simgan train refused every refiner") == 2
+    assert "[demo 7/7] writing the report" in text
+    assert not os.path.exists(os.path.join(out, "refined"))
+    results = json.load(open(os.path.join(out, "evaluation", "results.json")))
+    assert results["folders"]["refined"] == results["folders"]["synthetic"] == os.path.join(os.path.abspath(out), "synthetic")
+    downstream_scores = results["downstream"]
+    assert downstream_scores["refined"]["accuracy"]["values"] == downstream_scores["synthetic"]["accuracy"]["values"]
+    md = open(os.path.join(out, "report.md")).read()
+    assert "simgan train refused every refiner of this run" in md and "refine-dataset --in" not in md
+    assert "--refined " + os.path.join(out, "synthetic") in md
+
+    # Continuing finds every stage done and fails the same way, report rewritten.
+    again = []
+    with console.copied_to(again.append), pytest.raises(UserError, match="demo finished without a refiner"):
+        run_demo(out, settings=settings)
+    assert sum("done by an earlier run, skipped" in line for line in again) == 6
+
+
 def test_demo_presets_differ_only_in_the_simulator_rendering():
     assert {name: settings.rendering for name, settings in PRESETS.items()} == {"demo": "binary", "antialiased": "antialiased"}
     assert PRESETS["antialiased"] == DemoSettings(rendering="antialiased")

@@ -258,14 +258,15 @@ def _figures(out_dir: str, results: dict, train_run_dir: str | None) -> list[tup
 
 
 def report_sections(results: dict, figures: list[tuple[str, str]], grid_keys: list[str], facts: dict,
-                    commands: list[str]) -> list[doc.Section]:
-    """The whole report, once, for both renderings."""
+                    commands: list[str], headline: str | None = None) -> list[doc.Section]:
+    """The whole report, once, for both renderings; `headline`, when given, is read first."""
     rows = _rows(results)
     sources = [s for s in SOURCES if s in results["downstream"]]
     table = doc.Table([COLUMN[s] for s in sources], [(label, [cells.get(s, "n/a") for s in sources])
                                                       for label, cells, _ in rows])
     return [
         doc.Section(None, [
+            *([doc.Paragraph(headline, "verdict")] if headline else []),
             doc.Paragraph(verdict(results), "verdict"), doc.Paragraph(realism_sentence(results)), table,
             doc.Paragraph("Mean ± sample standard deviation over the downstream seeds; every estimator is "
                           "tested on the real held-out shards.", "note"),
@@ -289,16 +290,19 @@ def write_report(
     train_run_dir: str | None = None,
     commands: list[str] | None = None,
     extra: dict | None = None,
+    headline: str | None = None,
 ) -> tuple[str, str]:
     """Write report.html and report.md (and their images) to `out_dir`; returns both paths.
 
-    `extra` holds further facts to list (e.g. the manifest-diff outcome, timings).
+    `extra` holds further facts to list (e.g. the manifest-diff outcome, timings);
+    `headline`, a sentence shown before the verdict (the demo's refusal).
     """
     os.makedirs(out_dir, exist_ok=True)
     grid_keys = sample_grid(results, os.path.join(out_dir, GRID))
     figures = _figures(out_dir, results, train_run_dir)
     commands = list(commands or ([results["command"]] if results.get("command") else []))
-    sections = report_sections(results, figures, grid_keys, _facts(results, train_run_dir, extra), commands)
+    sections = report_sections(results, figures, grid_keys, _facts(results, train_run_dir, extra), commands,
+                               headline)
     title = f"SimGAN refinement report ({results['task']})"
     paths = os.path.join(out_dir, REPORT_HTML), os.path.join(out_dir, REPORT_MD)
     for path, text in zip(paths, (doc.to_html(title, sections, "SimGAN refinement report"),
