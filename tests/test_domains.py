@@ -92,6 +92,29 @@ def test_each_variant_changes_appearance_as_named(digits):
     assert np.abs(lit_grainy[:, 0, 0] - lit_grainy[:, 0, 1]).mean() > 5  # and grain on it
     very = made["very-grainy"].astype(float)
     assert np.abs(very[:, 0, 0] - very[:, 0, 1]).mean() > 1.7 * np.abs(grainy[:, 0, 0] - grainy[:, 0, 1]).mean()  # twice the noise, half of it clipped at black
+    grown = made["large"]
+    assert 1.3 * ink(digits) < ink(grown) < 1.6 * ink(digits)
+    rows = np.nonzero((grown > 127).any(axis=(0, 2)))[0]
+    assert rows.min() <= 2 and rows.max() >= 25  # drawn out towards the edges
+    shaken = made["shaken"].astype(float)
+    assert abs(shaken.mean() - digits.mean()) < 1 and shaken[digits > 250].mean() < 220  # smeared, ink kept
+    # Along a line, not round: a point becomes a straight line about 5 pixels long, its
+    # direction drawn per image.
+    points = np.zeros((40, 28, 28), np.uint8)
+    points[:, 14, 14] = 255
+    directions = []
+    for smeared in apply_variant("shaken", points, seed=0):
+        assert abs(int(smeared.sum()) - 255) < 8  # the point's ink, spread
+        where = np.argwhere(smeared > 0).astype(float)
+        spread, axes = np.linalg.eigh(np.cov(where.T, aweights=smeared[smeared > 0].astype(float)))
+        # Variance across the line under 0.3 px^2; along it about that of a uniform 5 px (25 / 12).
+        assert spread[0] < 0.3 and 1.5 < spread[1] < 2.5
+        row, column = axes[:, 1] * np.sign(axes[0, 1] or 1)
+        directions.append(np.arctan2(row, column))
+    assert np.ptp(directions) > 2  # many directions (of pi), not one
+    compressed = made["jpeg"].astype(float)
+    assert 0.05 < (compressed[digits == 0] > 10).mean() < 0.5  # ringing on the paper near strokes
+    assert abs(compressed.mean() - digits.mean()) < 5 and not np.array_equal(made["jpeg"], digits)
     # Three changes at once: each the same as its parts in order.
     assert np.array_equal(made["thick-grainy-inverted"], 255 - made["thick-grainy"])
     assert np.array_equal(made["thin-faded-inverted"], apply_variant("faded-inverted", made["thin"], seed=0))
@@ -102,7 +125,7 @@ def test_each_variant_changes_appearance_as_named(digits):
     for name in ("thick", "thin", "low-contrast", "noisy", "grainy", "heavy", "blurred", "dim-ink", "speckled",
                  "gamma", "faded-grainy", "broad", "salt-pepper", "thick-grainy", "thin-blurred", "thick-faded",
                  "thin-grainy", "blurred-grainy", "thick-blurred", "broad-noisy", "uneven-light",
-                 "pixelated", "stained", "binarized", "small", "slanted", "uneven-grainy", "very-grainy"):
+                 "pixelated", "stained", "binarized", "small", "slanted", "uneven-grainy", "very-grainy", "large", "shaken", "jpeg"):
         variant = made[name].astype(float)
         on_digit = variant[digits > 127].mean()
         off_digit = variant[digits < 10].mean()

@@ -4,7 +4,8 @@ A user's real images differ from the simulator's in ways nobody lists in advance
 thicker or thinner pens, faded scans, sensor noise (alone, or with blur, vignetting
 and grey paper), dust and dead pixels, dark-on-light paper, blur, weak ink, another
 tone response, uneven lighting or shadow, stained paper, a low-resolution or
-thresholding sensor, smaller or slanted handwriting, or two or three of these at once.
+thresholding sensor, smaller, larger or slanted handwriting, camera shake, heavy JPEG
+compression, or two or three of these at once.
 Each variant here is one such change (or a few) applied to real MNIST digits, so
 robustness can be measured on real handwriting in several appearances
 (`simgan import-real mnist --variant NAME`).
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import io
+
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 
@@ -168,6 +172,43 @@ def small(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _resampled(images, np.diag([1 / 0.75, 1 / 0.75]), centre - centre / 0.75)
 
 
+def large(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Digits written larger: each grown to 1.2 times its size about the image's centre
+    (MNIST's 20-pixel box becomes 24 of 28)."""
+    h, w = images.shape[1:]
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    return _resampled(images, np.diag([1 / 1.2, 1 / 1.2]), centre - centre / 1.2)
+
+
+def shaken(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Camera shake: each image smeared along a straight line 5 pixels long, in a
+    direction drawn per image (a motion blur, unlike the round blur of a bad focus)."""
+    out = np.empty(images.shape, np.float32)
+    steps = np.linspace(-2, 2, 33)
+    for i, angle in enumerate(rng.uniform(0, np.pi, len(images))):
+        # Points along the line, each shared bilinearly among its four pixels, so that
+        # the line is as long at 45 degrees as along a row.
+        rows, columns = 3 + steps * np.sin(angle), 3 + steps * np.cos(angle)
+        kernel = np.zeros((7, 7), np.float32)
+        r0, c0 = np.floor(rows).astype(int), np.floor(columns).astype(int)
+        fr, fc = rows - r0, columns - c0
+        for dr, wr in ((0, 1 - fr), (1, fr)):
+            for dc, wc in ((0, 1 - fc), (1, fc)):
+                np.add.at(kernel, (r0 + dr, c0 + dc), wr * wc)
+        out[i] = ndimage.convolve(images[i].astype(np.float32), kernel / kernel.sum(), mode="constant")
+    return _as_uint8(out)
+
+
+def jpeg(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Heavy JPEG compression (quality 15): 8x8 blocks, ringing around the strokes."""
+    def compressed(image: np.ndarray) -> np.ndarray:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=15)
+        return np.asarray(Image.open(buffer))
+
+    return np.stack([compressed(image) for image in images])
+
+
 def slanted(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Handwriting slanted to the right: each digit sheared by 0.3 (about 17 degrees) about the image's centre."""
     h = images.shape[1]
@@ -231,6 +272,9 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray] | No
     "slanted": slanted,
     "uneven-grainy": _chain(uneven_light, grainy),
     "very-grainy": very_grainy,
+    "large": large,
+    "shaken": shaken,
+    "jpeg": jpeg,
     "dim-inverted": _chain(dim_ink, inverted),
     "broad-faded": _chain(broad, low_contrast),
     "thick-very-grainy": _chain(thick, very_grainy),
