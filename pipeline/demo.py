@@ -127,7 +127,7 @@ class Plan:
     in folders of their own); once training has refused, why."""
 
     settings: DemoSettings
-    commands: dict[str, str]
+    commands: dict[str, str | None]
     folders: dict[str, str]
     refusal: str | None = None
 

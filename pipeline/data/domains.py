@@ -17,9 +17,8 @@ from the seed it is given, so a variant is the same every time it is built.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import io
+from typing import Callable
 
 import numpy as np
 from PIL import Image
