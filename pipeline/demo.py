@@ -179,12 +179,8 @@ def _train(plan: Plan) -> dict | None:
     return None
 
 
-def _refine(plan: Plan) -> str | None:
+def _refine(plan: Plan) -> None:
     from pipeline.refine import refine_dataset
-
-    if plan.refusal:
-        log.info(SKIPPED)
-        return SKIPPED
 
     # A refiner from an earlier, unfinished run of this stage may have committed
     # shards; the one just trained decides, so start the refined folder over.
@@ -194,9 +190,6 @@ def _refine(plan: Plan) -> str | None:
 def _diff(plan: Plan) -> str:
     from pipeline.refine.diff import diff_manifests
 
-    if plan.refusal:
-        log.info(SKIPPED)
-        return SKIPPED
     synthetic, refined = plan.folders["synthetic"], plan.folders["refined"]
     result = diff_manifests(synthetic, refined)
     log.info(result.to_text(limit=5))
@@ -287,10 +280,13 @@ def _run_stage(out: str, plan: Plan, state: dict, name: str, prefix: str, title:
         log.info(f"{prefix} {title}: done by an earlier run, skipped")
         return
     log.info(f"{prefix} {title} ...")
-    if plan.commands[name]:
-        log.info(f"{prefix} same as: {plan.commands[name]}")
     began = time.perf_counter()
-    outcome = stage(plan)
+    if plan.commands[name] is None:  # a step a refused refiner leaves nothing to do for
+        log.info(SKIPPED)
+        outcome = SKIPPED
+    else:
+        log.info(f"{prefix} same as: {plan.commands[name]}")
+        outcome = stage(plan)
     state["seconds"][name] = round(time.perf_counter() - began, 1)
     if outcome:
         state["outcome_" + name] = outcome

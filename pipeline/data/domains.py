@@ -163,20 +163,23 @@ def _resampled(images: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np
                                for image in images]))
 
 
+def _zoomed(images: np.ndarray, factor: float) -> np.ndarray:
+    """Each image zoomed by `factor` about its centre."""
+    h, w = images.shape[1:]
+    # Output pixel p shows the input at centre + (p - centre) / factor.
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    return _resampled(images, np.diag([1 / factor, 1 / factor]), centre - centre / factor)
+
+
 def small(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Digits written smaller: each shrunk to three quarters of its size about the image's centre."""
-    n, h, w = images.shape
-    # Output pixel p shows the input at centre + (p - centre) / 0.75.
-    centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    return _resampled(images, np.diag([1 / 0.75, 1 / 0.75]), centre - centre / 0.75)
+    return _zoomed(images, 0.75)
 
 
 def large(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Digits written larger: each grown to 1.2 times its size about the image's centre
     (MNIST's 20-pixel box becomes 24 of 28)."""
-    h, w = images.shape[1:]
-    centre = np.array([(h - 1) / 2, (w - 1) / 2])
-    return _resampled(images, np.diag([1 / 1.2, 1 / 1.2]), centre - centre / 1.2)
+    return _zoomed(images, 1.2)
 
 
 def shaken(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
